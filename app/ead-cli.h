@@ -1,0 +1,47 @@
+/* ead-cli.h: what the `ead` subcommands share: option parsing, output, exit codes. */
+#pragma once
+
+#include <glib.h>
+#include <json-glib/json-glib.h>
+
+G_BEGIN_DECLS
+
+/* Exit codes: 0 success, 1 a failure while working (some images failed, a file could
+ * not be written), 2 bad usage (unknown option, missing argument). */
+enum {
+  EAD_EXIT_OK = 0,
+  EAD_EXIT_FAILURE = 1,
+  EAD_EXIT_USAGE = 2,
+};
+
+typedef int (*EadCommandFunc) (int argc, char **argv);
+
+/* Parses argv with the given entries plus --version; prints usage errors naming the
+ * command.  Returns FALSE with *exit_code set when the command should stop (an error,
+ * or --version was printed). */
+gboolean ead_cli_parse (const char *command,
+                        const char *parameter_string,
+                        const char *summary,
+                        const GOptionEntry *entries,
+                        int *argc,
+                        char ***argv,
+                        int *exit_code);
+
+/* Prints "ead COMMAND: message" on stderr. */
+void ead_cli_error (const char *command, const char *format, ...) G_GNUC_PRINTF (2, 3);
+
+/* Prints a JSON node on stdout, pretty, with a final newline. */
+void ead_cli_print_json (JsonNode *node);
+
+/* The resident set size high-water mark of this process, in MiB (VmHWM). */
+double ead_cli_peak_rss_mb (void);
+
+/* A monotonic clock in milliseconds. */
+double ead_cli_now_ms (void);
+
+int ead_cmd_model (int argc, char **argv);
+int ead_cmd_info (int argc, char **argv);
+int ead_cmd_infer (int argc, char **argv);
+int ead_cmd_bench (int argc, char **argv);
+
+G_END_DECLS

@@ -1,0 +1,54 @@
+/* ead: the command-line front end of EfficientAD Workstation. */
+#include "config.h"
+
+#include <locale.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ead-cli.h"
+
+static const struct {
+  const char *name;
+  EadCommandFunc run;
+  const char *summary;
+} commands[] = {
+  { "model", ead_cmd_model, "Create a model bundle (model new)" },
+  { "info", ead_cmd_info, "Describe a model bundle" },
+  { "infer", ead_cmd_infer, "Score images and write heatmaps" },
+  { "bench", ead_cmd_bench, "Time the inference pipeline" },
+};
+
+static void
+print_usage (FILE *out)
+{
+  fprintf (out, "Usage: ead COMMAND [OPTION...]\n\n"
+                "EfficientAD Workstation: visual anomaly detection.\n\nCommands:\n");
+  for (size_t i = 0; i < G_N_ELEMENTS (commands); i++)
+    fprintf (out, "  %-8s %s\n", commands[i].name, commands[i].summary);
+  fprintf (out, "\nRun 'ead COMMAND --help' for the options of a command.\n"
+                "Options: --help, --version\n");
+}
+
+int
+main (int argc, char **argv)
+{
+  setlocale (LC_ALL, "");
+
+  if (argc < 2 || g_str_equal (argv[1], "--help") || g_str_equal (argv[1], "-h")
+      || g_str_equal (argv[1], "help"))
+    {
+      print_usage (argc < 2 ? stderr : stdout);
+      return argc < 2 ? EAD_EXIT_USAGE : EAD_EXIT_OK;
+    }
+  if (g_str_equal (argv[1], "--version"))
+    {
+      printf ("ead %s\n", PACKAGE_VERSION);
+      return EAD_EXIT_OK;
+    }
+  for (size_t i = 0; i < G_N_ELEMENTS (commands); i++)
+    if (g_str_equal (argv[1], commands[i].name))
+      return commands[i].run (argc - 1, argv + 1);
+  fprintf (stderr, "ead: unknown command '%s'\n\n", argv[1]);
+  print_usage (stderr);
+  return EAD_EXIT_USAGE;
+}

@@ -1,0 +1,91 @@
+/* ead-backend.h: the compute backend table.
+ *
+ * A backend compiles a network for a fixed batch and input size into an executable
+ * (its own weight layout, fused ReLUs, activations in whatever layout it prefers) and
+ * runs it; the boundary it exposes is NCHW float32 in host memory.  The small map
+ * operations of the pipeline are separate entries.  The CPU backend (oneDNN) is always
+ * built; others (CUDA) are loaded as modules at run time and fill the same table.
+ */
+#pragma once
+
+#include <glib.h>
+
+#include "ead-network.h"
+
+G_BEGIN_DECLS
+
+typedef struct _EadBackend EadBackend;
+typedef struct _EadNetExec EadNetExec;
+
+typedef enum {
+  EAD_PRECISION_FP32,
+  EAD_PRECISION_BF16,
+} EadPrecision;
+
+/* Shared scratch memory for the executables of one detector: they run one after the
+ * other, so their activations and scratchpads can live in the same block.  Sized while
+ * compiling and allocated by ead_workspace_commit(), which reallocates only when a newly
+ * compiled executable needs more; forward() never allocates. */
+typedef struct {
+  size_t size;       /* required */
+  size_t allocated;
+  void *data;
+} EadWorkspace;
+
+void ead_workspace_require (EadWorkspace *workspace, size_t bytes);
+gboolean ead_workspace_commit (EadWorkspace *workspace, GError **error);
+void ead_workspace_clear (EadWorkspace *workspace);
+
+struct _EadBackend {
+  const char *name;  /* "cpu", "cuda" */
+
+  /* Compiles net (weights are converted now, so net may change or go away afterwards)
+   * for an input batch x net->layers[0].in_channels x h x w. */
+  EadNetExec *(*compile) (EadBackend *backend,
+                          const EadNet *net,
+                          int batch,
+                          int height,
+                          int width,
+                          EadWorkspace *workspace,
+                          GError **error);
+  /* in: the NCHW input; out: the NCHW output (ead_net_shapes); no allocation. */
+  gboolean (*forward) (EadNetExec *exec, const float *in, float *out, GError **error);
+  void (*exec_free) (EadNetExec *exec);
+  /* One line per primitive: which implementation the backend chose, for `ead info`. */
+  char *(*exec_describe) (EadNetExec *exec);
+
+  /* out[n][p] = mean over c < channels of ((a[n][c][p] - a_mean[c]) / a_std[c] - b[n][c][p])^2
+   * with p over hw pixels; a and b have a_channels_total / b_channels_total channels per
+   * image and the first `channels` are used, starting at b_offset for b.  a_mean and
+   * a_std may be NULL (0 and 1).  This is both distance maps of spec §4.1. */
+  void (*sqdiff_channel_mean) (const float *a,
+                               int a_channels_total,
+                               const float *a_mean,
+                               const float *a_std,
+                               const float *b,
+                               int b_channels_total,
+                               int b_offset,
+                               int batch,
+                               int channels,
+                               int hw,
+                               float *out);
+  /* Bilinear resize with PyTorch's align_corners=False semantics (spec §1.4). */
+  void (*resize_bilinear) (const float *in,
+                           int planes,
+                           int in_h,
+                           int in_w,
+                           float *out,
+                           int out_h,
+                           int out_w);
+  void (*set_threads) (EadBackend *backend, int threads);
+  int (*get_threads) (EadBackend *backend);
+};
+
+/* The CPU backend (a process-wide singleton; never freed). */
+EadBackend *ead_backend_cpu (void);
+
+/* "cpu", "cuda" or "auto" (CUDA when its module loads and a device answers, else CPU).
+ * An explicit "cuda" that is not available is an error naming the reason. */
+EadBackend *ead_backend_get (const char *device, GError **error);
+
+G_END_DECLS

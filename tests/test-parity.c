@@ -1,0 +1,488 @@
+/* test-parity.c: the engine against PyTorch (the "numeric parity" requirement).
+ *
+ * The fixtures in tests/fixtures come from make-fixtures.py, which rebuilds the weights of
+ * ead_model_init_random() bit for bit in numpy, runs nelson1425's networks and the spec §4.1
+ * pipeline in float32 PyTorch, and stores each tensor as its shape, float64 checksums and a
+ * fixed sample of elements.  This program builds the same model, runs an EadDetector on the
+ * CPU backend and compares.
+ *
+ * The criterion, "match within 1e-4 relative", per tensor t computed here as c:
+ *   - samples: max |c - t| over the stored elements <= 1e-4 * max |t| over the whole tensor
+ *     (an elementwise relative test would fail on values near zero, whose absolute error
+ *     comes from the larger terms that cancelled);
+ *   - sum of squares and sum of |x| within 1e-4 relative; the plain sum may be near zero,
+ *     so its error is measured against the sum of |x|;
+ *   - the image score within 1e-4 * max |t| of the final map.
+ *
+ * Fixtures are read from $EAD_TEST_FIXTURES, else from G_TEST_SRCDIR/fixtures.
+ */
+#include <glib.h>
+#include <json-glib/json-glib.h>
+#include <math.h>
+#include <string.h>
+
+#include "ead-backend.h"
+#include "ead-detector.h"
+#include "ead-model.h"
+#include "ead-network.h"
+
+#define REL_TOL 1e-4
+/* numpy sums the weight probes pairwise, this file in order: both are nearly exact */
+#define PROBE_SUM_TOL 1e-9
+
+static const char *const case_files[] = {
+  "parity-s-256x256.json",
+  "parity-s-256x320.json",
+  "parity-m-256x256.json",
+  "parity-m-256x320.json",
+};
+
+/* The case the batch test runs: the cheaper network on the non-square input. */
+#define BATCH_CASE "parity-s-256x320.json"
+
+static char *
+fixture_path (const char *name)
+{
+  const char *dir = g_getenv ("EAD_TEST_FIXTURES");
+
+  if (dir != NULL && *dir != '\0')
+    return g_build_filename (dir, name, NULL);
+  return g_test_build_filename (G_TEST_DIST, "fixtures", name, NULL);
+}
+
+static JsonParser *
+load_fixture (const char *name)
+{
+  g_autofree char *path = fixture_path (name);
+  JsonParser *parser = json_parser_new ();
+  g_autoptr (GError) error = NULL;
+
+  json_parser_load_from_file (parser, path, &error);
+  g_assert_no_error (error);
+  g_assert_true (JSON_NODE_HOLDS_OBJECT (json_parser_get_root (parser)));
+  return parser;
+}
+
+static JsonObject *
+fixture_root (JsonParser *parser)
+{
+  return json_node_get_object (json_parser_get_root (parser));
+}
+
+/* The test images of make-fixtures.py: low + span * u in float32, u from the engine's
+ * generator keyed by the seed and the image's name. */
+static float *
+make_input (JsonObject *root, const char *name, size_t count)
+{
+  guint64 key = ead_random_key (json_object_get_int_member (root, "seed"), name);
+  float low = (float) json_object_get_double_member (root, "input_low");
+  float span = (float) json_object_get_double_member (root, "input_span");
+  float *data = g_new (float, count);
+
+  for (size_t i = 0; i < count; i++)
+    data[i] = low + span * ead_random_uniform (key, i);
+  return data;
+}
+
+static gboolean
+within (double value, double expected, double scale)
+{
+  return fabs (value - expected) <= REL_TOL * scale;
+}
+
+/* Compares `data` (c x h x w) with a fixture tensor by the criterion at the top; reports
+ * every violation and returns the sample error relative to max |t|. */
+static double
+check_tensor (JsonObject *record, const float *data, int c, int h, int w, const char *what)
+{
+  JsonArray *shape = json_object_get_array_member (record, "shape");
+  JsonArray *index = json_object_get_array_member (record, "index");
+  JsonArray *value = json_object_get_array_member (record, "value");
+  double maxabs = json_object_get_double_member (record, "maxabs");
+  double sum_t = json_object_get_double_member (record, "sum");
+  double sumsq_t = json_object_get_double_member (record, "sumsq");
+  double sumabs_t = json_object_get_double_member (record, "sumabs");
+  size_t count = (size_t) c * h * w;
+  double sum = 0.0, sumsq = 0.0, sumabs = 0.0, worst = 0.0, relative;
+  guint worst_at = 0;
+
+  g_assert_cmpint (json_array_get_length (shape), ==, 3);
+  g_assert_cmpint (json_array_get_int_element (shape, 0), ==, c);
+  g_assert_cmpint (json_array_get_int_element (shape, 1), ==, h);
+  g_assert_cmpint (json_array_get_int_element (shape, 2), ==, w);
+  g_assert_cmpuint (json_array_get_length (index), ==, json_array_get_length (value));
+  g_assert_cmpuint (json_array_get_length (index), >, 0);
+
+  for (size_t i = 0; i < count; i++)
+    {
+      double x = data[i];
+      sum += x;
+      sumsq += x * x;
+      sumabs += fabs (x);
+    }
+  for (guint k = 0; k < json_array_get_length (index); k++)
+    {
+      gint64 at = json_array_get_int_element (index, k);
+      double error;
+
+      g_assert_cmpint (at, >=, 0);
+      g_assert_cmpint (at, <, (gint64) count);
+      error = fabs (data[at] - json_array_get_double_element (value, k));
+      if (!(error <= worst))  /* NaN included */
+        {
+          worst = error;
+          worst_at = k;
+        }
+    }
+  relative = maxabs > 0.0 ? worst / maxabs : worst;
+  g_test_message ("%s: sample error %.3g of max|t| %.4g; sums %.3g / %.3g / %.3g relative", what,
+                  relative, maxabs, fabs (sum - sum_t) / sumabs_t,
+                  fabs (sumsq - sumsq_t) / sumsq_t, fabs (sumabs - sumabs_t) / sumabs_t);
+
+  if (!(worst <= REL_TOL * maxabs))
+    g_test_fail_printf ("%s: element %" G_GINT64_FORMAT " is %.9g, PyTorch %.9g (error %.3g, "
+                        "allowed %.3g)",
+                        what, json_array_get_int_element (index, worst_at),
+                        data[json_array_get_int_element (index, worst_at)],
+                        json_array_get_double_element (value, worst_at), worst,
+                        REL_TOL * maxabs);
+  if (!within (sum, sum_t, sumabs_t))
+    g_test_fail_printf ("%s: sum %.9g, PyTorch %.9g (sum|x| %.9g)", what, sum, sum_t, sumabs_t);
+  if (!within (sumsq, sumsq_t, sumsq_t))
+    g_test_fail_printf ("%s: sum of squares %.9g, PyTorch %.9g", what, sumsq, sumsq_t);
+  if (!within (sumabs, sumabs_t, sumabs_t))
+    g_test_fail_printf ("%s: sum of |x| %.9g, PyTorch %.9g", what, sumabs, sumabs_t);
+  return relative;
+}
+
+/* The weights of `name` ("student.3.weight") in the model. */
+static const float *
+model_tensor (EadModel *model, const char *name, size_t *count)
+{
+  g_auto (GStrv) parts = g_strsplit (name, ".", -1);
+  EadNet *net = NULL;
+  int layer;
+
+  g_assert_cmpuint (g_strv_length (parts), ==, 3);
+  if (g_str_equal (parts[0], "teacher"))
+    net = model->teacher;
+  else if (g_str_equal (parts[0], "student"))
+    net = model->student;
+  else if (g_str_equal (parts[0], "autoencoder"))
+    net = model->autoencoder;
+  g_assert_nonnull (net);
+  layer = (int) g_ascii_strtoll (parts[1], NULL, 10);
+  g_assert_cmpint (layer, >=, 0);
+  g_assert_cmpint (layer, <, net->n_layers);
+  g_assert_cmpint (net->layers[layer].kind, ==, EAD_LAYER_CONV);
+  if (g_str_equal (parts[2], "weight"))
+    {
+      *count = ead_layer_weight_count (&net->layers[layer]);
+      return net->weight[layer];
+    }
+  g_assert_cmpstr (parts[2], ==, "bias");
+  *count = net->layers[layer].out_channels;
+  return net->bias[layer];
+}
+
+/* ead_model_init_random() must give exactly the weights PyTorch ran with: the first and
+ * last values bit for bit, the sum to rounding.  Every conv tensor of the three networks
+ * is listed, so this also checks the layer lists against nelson's nn.Sequential indices. */
+static void
+check_probes (JsonObject *root, EadModel *model)
+{
+  JsonArray *probes = json_object_get_array_member (root, "probes");
+  guint expected = 0;
+
+  for (guint i = 0; i < json_array_get_length (probes); i++)
+    {
+      JsonObject *probe = json_array_get_object_element (probes, i);
+      const char *name = json_object_get_string_member (probe, "name");
+      JsonArray *first = json_object_get_array_member (probe, "first");
+      size_t count;
+      const float *data = model_tensor (model, name, &count);
+      double sum = 0.0;
+
+      g_assert_cmpint (json_object_get_int_member (probe, "count"), ==, (gint64) count);
+      for (guint k = 0; k < json_array_get_length (first); k++)
+        g_assert_cmpfloat (data[k], ==, (float) json_array_get_double_element (first, k));
+      g_assert_cmpfloat (data[count - 1], ==,
+                         (float) json_object_get_double_member (probe, "last"));
+      for (size_t k = 0; k < count; k++)
+        sum += data[k];
+      g_assert_cmpfloat_with_epsilon (sum, json_object_get_double_member (probe, "sum"),
+                                      PROBE_SUM_TOL * count);
+    }
+  for (int n = 0; n < 3; n++)
+    {
+      const EadNet *net = n == 0 ? model->teacher : n == 1 ? model->student : model->autoencoder;
+      for (int i = 0; i < net->n_layers; i++)
+        expected += net->layers[i].kind == EAD_LAYER_CONV ? 2 : 0;
+    }
+  g_assert_cmpuint (json_array_get_length (probes), ==, expected);
+}
+
+/* A model like the one PyTorch ran: random weights, the fixture's normalisation. */
+static EadModel *
+model_from_fixture (JsonObject *root)
+{
+  JsonArray *mean = json_object_get_array_member (root, "teacher_mean");
+  JsonArray *std = json_object_get_array_member (root, "teacher_std");
+  JsonArray *q = json_object_get_array_member (root, "quantiles");
+  g_autoptr (GError) error = NULL;
+  EadArch arch;
+  EadModel *model;
+
+  g_assert_true (ead_arch_parse (json_object_get_string_member (root, "arch"), &arch, &error));
+  g_assert_no_error (error);
+  model = ead_model_new (arch);
+  model->input_height = json_object_get_int_member (root, "input_height");
+  model->input_width = json_object_get_int_member (root, "input_width");
+  ead_model_init_random (model, json_object_get_int_member (root, "seed"));
+  check_probes (root, model);
+
+  g_assert_cmpuint (json_array_get_length (mean), ==, EAD_TEACHER_CHANNELS);
+  g_assert_cmpuint (json_array_get_length (std), ==, EAD_TEACHER_CHANNELS);
+  for (int c = 0; c < EAD_TEACHER_CHANNELS; c++)
+    {
+      model->teacher_mean[c] = json_array_get_double_element (mean, c);
+      model->teacher_std[c] = json_array_get_double_element (std, c);
+    }
+  g_assert_cmpuint (json_array_get_length (q), ==, 4);
+  model->q_st_a = json_array_get_double_element (q, 0);
+  model->q_st_b = json_array_get_double_element (q, 1);
+  model->q_ae_a = json_array_get_double_element (q, 2);
+  model->q_ae_b = json_array_get_double_element (q, 3);
+  return model;
+}
+
+static JsonObject *
+image_record (JsonObject *root, guint image)
+{
+  JsonArray *images = json_object_get_array_member (root, "images");
+
+  g_assert_cmpuint (image, <, json_array_get_length (images));
+  return json_array_get_object_element (images, image);
+}
+
+static JsonObject *
+tensor_record (JsonObject *image, const char *name)
+{
+  JsonObject *tensors = json_object_get_object_member (image, "tensors");
+
+  g_assert_true (json_object_has_member (tensors, name));
+  return json_object_get_object_member (tensors, name);
+}
+
+/* Compares the maps and the score of detector image `slot` with fixture image `image`,
+ * and the network outputs too where the fixture has them. */
+static void
+check_image (EadDetector *detector, JsonObject *root, int slot, guint image, const char *label)
+{
+  JsonObject *record = image_record (root, image);
+  JsonObject *full_record = tensor_record (record, "full");
+  static const struct {
+    const char *name;
+    int channels;
+  } outputs[] = {
+    { "teacher", EAD_TEACHER_CHANNELS },
+    { "student", 2 * EAD_TEACHER_CHANNELS },
+    { "autoencoder", EAD_TEACHER_CHANNELS },
+  };
+  int mh, mw;
+  int out_h = json_object_get_int_member (root, "output_height");
+  int out_w = json_object_get_int_member (root, "output_width");
+  g_autofree float *full = g_new (float, (size_t) out_h * out_w);
+  double score, score_t, score_scale;
+
+  ead_detector_get_map_size (detector, &mh, &mw);
+  for (size_t k = 0; k < G_N_ELEMENTS (outputs); k++)
+    if (json_object_has_member (json_object_get_object_member (record, "tensors"),
+                                outputs[k].name))
+      {
+        g_autofree char *what = g_strdup_printf ("%s %s", label, outputs[k].name);
+        check_tensor (tensor_record (record, outputs[k].name),
+                      ead_detector_get_output (detector, outputs[k].name, slot),
+                      outputs[k].channels, mh, mw, what);
+      }
+  {
+    g_autofree char *st = g_strdup_printf ("%s map_st", label);
+    g_autofree char *ae = g_strdup_printf ("%s map_ae", label);
+    g_autofree char *map = g_strdup_printf ("%s map", label);
+    g_autofree char *final = g_strdup_printf ("%s full %dx%d", label, out_h, out_w);
+
+    check_tensor (tensor_record (record, "map_st"), ead_detector_get_map_st (detector, slot), 1,
+                  mh, mw, st);
+    check_tensor (tensor_record (record, "map_ae"), ead_detector_get_map_ae (detector, slot), 1,
+                  mh, mw, ae);
+    check_tensor (tensor_record (record, "map"), ead_detector_get_map (detector, slot), 1, mh,
+                  mw, map);
+    score = ead_detector_full_map (detector, slot, out_h, out_w, full);
+    check_tensor (full_record, full, 1, out_h, out_w, final);
+  }
+  score_t = json_object_get_double_member (record, "score");
+  score_scale = json_object_get_double_member (full_record, "maxabs");
+  g_test_message ("%s score: %.9g, PyTorch %.9g (error %.3g of max|t|)", label, score, score_t,
+                  fabs (score - score_t) / score_scale);
+  if (!within (score, score_t, score_scale))
+    g_test_fail_printf ("%s: score %.9g, PyTorch %.9g", label, score, score_t);
+}
+
+static float *
+case_inputs (JsonObject *root, const guint *images, int n)
+{
+  size_t size = (size_t) 3 * json_object_get_int_member (root, "input_height")
+                * json_object_get_int_member (root, "input_width");
+  float *inputs = g_new (float, n * size);
+
+  for (int b = 0; b < n; b++)
+    {
+      const char *name = json_object_get_string_member (image_record (root, images[b]), "input");
+      g_autofree float *one = make_input (root, name, size);
+      memcpy (inputs + b * size, one, size * sizeof (float));
+    }
+  return inputs;
+}
+
+static EadDetector *
+detector_for (JsonObject *root, int max_batch)
+{
+  g_autoptr (EadModel) model = model_from_fixture (root);
+  EadDetectorOptions options = { .max_batch = max_batch, .threads = 2, .device = "cpu" };
+  g_autoptr (GError) error = NULL;
+  EadDetector *detector = ead_detector_new (model, &options, &error);
+  int mh, mw, ih, iw;
+
+  g_assert_no_error (error);
+  g_assert_nonnull (detector);
+  ead_detector_get_input_size (detector, &ih, &iw);
+  g_assert_cmpint (ih, ==, json_object_get_int_member (root, "input_height"));
+  g_assert_cmpint (iw, ==, json_object_get_int_member (root, "input_width"));
+  /* the PDN output size for padding off: H/4 - 8 for these sizes (spec §1.2) */
+  ead_detector_get_map_size (detector, &mh, &mw);
+  g_assert_cmpint (mh, ==, ih / 4 - 8);
+  g_assert_cmpint (mw, ==, iw / 4 - 8);
+  return detector;
+}
+
+static void
+test_case (gconstpointer data)
+{
+  const char *file = data;
+  g_autoptr (JsonParser) parser = load_fixture (file);
+  JsonObject *root = fixture_root (parser);
+  g_autoptr (EadDetector) detector = detector_for (root, 1);
+  g_autoptr (GError) error = NULL;
+
+  g_assert_cmpstr (json_object_get_string_member (root, "format"), ==, "ead-parity-1");
+  for (guint image = 0; image < 2; image++)
+    {
+      g_autofree float *input = case_inputs (root, &image, 1);
+      g_autofree char *label = g_strdup_printf ("%s image %u", file, image);
+
+      g_assert_true (ead_detector_run (detector, input, 1, &error));
+      g_assert_no_error (error);
+      check_image (detector, root, 0, image, label);
+    }
+}
+
+/* A full batch runs the max_batch executables, a smaller one the single-image ones: the
+ * three images of a batch of 3 must each match PyTorch and the single-image run. */
+static void
+test_batch (void)
+{
+  static const guint images[] = { 0, 1, 0 };
+  g_autoptr (JsonParser) parser = load_fixture (BATCH_CASE);
+  JsonObject *root = fixture_root (parser);
+  g_autoptr (EadDetector) detector = detector_for (root, 3);
+  g_autoptr (GError) error = NULL;
+  g_autofree float *inputs = case_inputs (root, images, 3);
+  size_t map_size, in_size;
+  g_autofree float *batch_maps = NULL;
+  int mh, mw, ih, iw;
+
+  ead_detector_get_map_size (detector, &mh, &mw);
+  ead_detector_get_input_size (detector, &ih, &iw);
+  map_size = (size_t) mh * mw;
+  in_size = (size_t) 3 * ih * iw;
+
+  g_assert_true (ead_detector_run (detector, inputs, 3, &error));
+  g_assert_no_error (error);
+  batch_maps = g_new (float, 3 * map_size);
+  for (int b = 0; b < 3; b++)
+    {
+      g_autofree char *label = g_strdup_printf ("batch of 3, image %d", b);
+      check_image (detector, root, b, images[b], label);
+      memcpy (batch_maps + b * map_size, ead_detector_get_map (detector, b),
+              map_size * sizeof (float));
+    }
+
+  /* images 1 and 2 alone and as a batch of 2 (run image by image): the same maps */
+  for (int n = 1; n <= 2; n++)
+    {
+      g_assert_true (ead_detector_run (detector, inputs + in_size, n, &error));
+      g_assert_no_error (error);
+      for (int b = 0; b < n; b++)
+        {
+          const float *single = ead_detector_get_map (detector, b);
+          const float *batched = batch_maps + (b + 1) * map_size;
+          float scale = 0.0f, worst = 0.0f;
+
+          for (size_t p = 0; p < map_size; p++)
+            {
+              scale = MAX (scale, fabsf (batched[p]));
+              worst = MAX (worst, fabsf (single[p] - batched[p]));
+            }
+          g_test_message ("run of %d, image %d vs batch of 3: map error %.3g of max|t|", n, b,
+                          worst / scale);
+          g_assert_cmpfloat (worst, <=, REL_TOL * scale);
+        }
+    }
+}
+
+/* resize_bilinear of the CPU backend against F.interpolate(align_corners=False). */
+static void
+test_bilinear (void)
+{
+  g_autoptr (JsonParser) parser = load_fixture ("bilinear.json");
+  JsonObject *root = fixture_root (parser);
+  JsonArray *cases = json_object_get_array_member (root, "cases");
+  EadBackend *cpu = ead_backend_cpu ();
+
+  g_assert_cmpstr (json_object_get_string_member (root, "format"), ==, "ead-bilinear-1");
+  g_assert_cmpuint (json_array_get_length (cases), >=, 5);
+  cpu->set_threads (cpu, 2);
+  for (guint k = 0; k < json_array_get_length (cases); k++)
+    {
+      JsonObject *c = json_array_get_object_element (cases, k);
+      int planes = json_object_get_int_member (c, "planes");
+      int ih = json_object_get_int_member (c, "in_height");
+      int iw = json_object_get_int_member (c, "in_width");
+      int oh = json_object_get_int_member (c, "out_height");
+      int ow = json_object_get_int_member (c, "out_width");
+      g_autofree float *in = make_input (root, json_object_get_string_member (c, "input"),
+                                         (size_t) planes * ih * iw);
+      g_autofree float *out = g_new (float, (size_t) planes * oh * ow);
+      g_autofree char *what = g_strdup_printf ("bilinear %d x %dx%d -> %dx%d", planes, ih, iw,
+                                               oh, ow);
+
+      cpu->resize_bilinear (in, planes, ih, iw, out, oh, ow);
+      check_tensor (json_object_get_object_member (c, "output"), out, planes, oh, ow, what);
+    }
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+
+  g_test_add_func ("/parity/bilinear", test_bilinear);
+  for (size_t i = 0; i < G_N_ELEMENTS (case_files); i++)
+    {
+      g_autofree char *path = g_strdup_printf ("/parity/pipeline/%s", case_files[i]);
+      *strrchr (path, '.') = '\0';
+      g_test_add_data_func (path, case_files[i], test_case);
+    }
+  g_test_add_func ("/parity/batch", test_batch);
+  return g_test_run ();
+}
