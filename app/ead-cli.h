@@ -43,5 +43,7 @@ int ead_cmd_model (int argc, char **argv);
 int ead_cmd_info (int argc, char **argv);
 int ead_cmd_infer (int argc, char **argv);
 int ead_cmd_bench (int argc, char **argv);
+int ead_cmd_train (int argc, char **argv);
+int ead_cmd_demo (int argc, char **argv);
 
 G_END_DECLS

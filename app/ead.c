@@ -14,8 +14,10 @@ static const struct {
 } commands[] = {
   { "model", ead_cmd_model, "Create a model bundle (model new)" },
   { "info", ead_cmd_info, "Describe a model bundle" },
+  { "train", ead_cmd_train, "Train a model on good images" },
   { "infer", ead_cmd_infer, "Score images and write heatmaps" },
   { "bench", ead_cmd_bench, "Time the inference pipeline" },
+  { "demo", ead_cmd_demo, "Generate a synthetic inspection dataset" },
 };
 
 static void

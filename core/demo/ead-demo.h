@@ -38,7 +38,8 @@ typedef struct {
   gboolean force;             /* write into a directory that is not empty */
 } EadDemoOptions;
 
-/* Called after each file written: its path, files written so far, files in all. */
+/* Called on the thread that called ead_demo_generate after each image (with its mask)
+ * is written: the image's path, images written so far, images in all. */
 typedef void (*EadDemoProgress) (const char *path, int done, int total, gpointer user_data);
 
 /* Fills options with the defaults: every scene, 120 / 20 / 10 images, 256 pixels,
@@ -52,9 +53,11 @@ const char *const *ead_demo_scene_names (void);
  * for an unknown scene. */
 const char *const *ead_demo_defect_names (const char *scene);
 
-/* Writes the dataset under dir, creating it if needed.  Refuses a dir that exists and
- * is not empty unless options->force; with force, files of the same name are replaced
- * and numbered images beyond the new counts are removed from the folders written.
+/* Writes the dataset under dir, creating it if needed, on one worker thread per CPU (at
+ * most 8).  Refuses a dir that exists and is not empty unless options->force; with force,
+ * files of the same name are replaced and numbered images beyond the new counts are
+ * removed from the folders written.  Each PNG is written to a temporary file and
+ * renamed into place.
  * Errors: EAD_ERROR_INVALID (bad options), EAD_ERROR_IO (messages start with the path). */
 gboolean ead_demo_generate (const char *dir,
                             const EadDemoOptions *options,

@@ -3,6 +3,7 @@
  * ReLU are fused into the convolution; the map operations are plain C loops that
  * vectorise, parallel through OpenMP like oneDNN itself (Debian builds it on OpenMP). */
 #include "ead-backend.h"
+#include "ead-backend-cpu-private.h"
 
 #include <math.h>
 #include <omp.h>
@@ -12,7 +13,7 @@
 
 #include "ead-error.h"
 
-#define ALIGNMENT 64
+#define ALIGNMENT EAD_CPU_ALIGNMENT
 
 /* Where a memory object's buffer lives. */
 typedef enum {
@@ -52,14 +53,15 @@ struct _EadNetExec {
   float *bound_out;
 };
 
-typedef struct {
-  EadBackend parent;
-  dnnl_engine_t engine;
-  int threads;
-} CpuBackend;
+typedef EadCpuBackend CpuBackend;
 
-static gboolean
-check (dnnl_status_t status, const char *what, GError **error)
+#define check _ead_cpu_check
+#define align_up _ead_cpu_align
+#define new_attr _ead_cpu_attr_new
+#define describe_primitive _ead_cpu_describe
+
+gboolean
+_ead_cpu_check (dnnl_status_t status, const char *what, GError **error)
 {
   if (status == dnnl_success)
     return TRUE;
@@ -68,8 +70,8 @@ check (dnnl_status_t status, const char *what, GError **error)
   return FALSE;
 }
 
-static size_t
-align_up (size_t n)
+size_t
+_ead_cpu_align (size_t n)
 {
   return (n + ALIGNMENT - 1) & ~(size_t) (ALIGNMENT - 1);
 }
@@ -93,8 +95,8 @@ bind_memory (EadNetExec *exec, const dnnl_memory_desc_t *md, Slot slot, void *ha
   return memory;
 }
 
-static char *
-describe_primitive (const_dnnl_primitive_desc_t pd, const char *what)
+char *
+_ead_cpu_describe (const_dnnl_primitive_desc_t pd, const char *what)
 {
   const char *impl = NULL;
 
@@ -130,8 +132,8 @@ add_step (EadNetExec *exec,
   return TRUE;
 }
 
-static dnnl_primitive_attr_t
-new_attr (gboolean relu)
+dnnl_primitive_attr_t
+_ead_cpu_attr_new (gboolean relu)
 {
   dnnl_primitive_attr_t attr = NULL;
 
@@ -696,6 +698,11 @@ ead_backend_cpu (void)
         .exec_describe = cpu_exec_describe,
         .sqdiff_channel_mean = cpu_sqdiff_channel_mean,
         .resize_bilinear = cpu_resize_bilinear,
+        .train_compile = _ead_cpu_train_compile,
+        .train_forward = _ead_cpu_train_forward,
+        .train_backward = _ead_cpu_train_backward,
+        .train_free = _ead_cpu_train_free,
+        .train_describe = _ead_cpu_train_describe,
         .set_threads = cpu_set_threads,
         .get_threads = cpu_get_threads,
       };

@@ -118,3 +118,14 @@ ead_backend_get (const char *device, GError **error)
   g_debug ("device auto: using the CPU (%s)", cuda_error->message);
   return ead_backend_cpu ();
 }
+
+void
+ead_dropout_mask (guint64 seed, int layer, float p, float *mask, size_t count)
+{
+  g_autofree char *name = g_strdup_printf ("dropout.%d", layer);
+  guint64 key = ead_random_key (seed, name);
+  float scale = 1.0f / (1.0f - p);
+
+  for (size_t i = 0; i < count; i++)
+    mask[i] = ead_random_uniform (key, i) >= p ? scale : 0.0f;
+}

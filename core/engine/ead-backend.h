@@ -16,6 +16,7 @@ G_BEGIN_DECLS
 
 typedef struct _EadBackend EadBackend;
 typedef struct _EadNetExec EadNetExec;
+typedef struct _EadTrainExec EadTrainExec;
 
 typedef enum {
   EAD_PRECISION_FP32,
@@ -77,9 +78,38 @@ struct _EadBackend {
                            float *out,
                            int out_h,
                            int out_w);
+  /* Training: a network compiled for forward and backward passes.  The executable reads
+   * the weights from net at every train_forward (they change between steps) and adds
+   * the weight and bias gradients of every train_backward into grad (same layout as net,
+   * OIHW), so that several passes of one step accumulate.  Dropout is active; its masks
+   * are drawn from dropout_seed in NCHW order (ead_dropout_mask), so any backend and
+   * Python reproduce them.  Forward and backward alternate; backward needs the
+   * activations of the forward before it. */
+  EadTrainExec *(*train_compile) (EadBackend *backend,
+                                  EadNet *net,
+                                  EadNet *grad,
+                                  int batch,
+                                  int height,
+                                  int width,
+                                  GError **error);
+  gboolean (*train_forward) (EadTrainExec *exec,
+                             const float *in,
+                             float *out,
+                             guint64 dropout_seed,
+                             GError **error);
+  /* diff_out: the loss gradient with respect to the output, NCHW. */
+  gboolean (*train_backward) (EadTrainExec *exec, const float *diff_out, GError **error);
+  void (*train_free) (EadTrainExec *exec);
+  char *(*train_describe) (EadTrainExec *exec);
+
   void (*set_threads) (EadBackend *backend, int threads);
   int (*get_threads) (EadBackend *backend);
 };
+
+/* Dropout keep-mask of one layer: value i (NCHW order) of the layer's output is kept,
+ * and scaled by 1 / (1 - p), when ead_random_uniform (key, i) >= p, with
+ * key = ead_random_key (seed, "dropout.<layer index>"). */
+void ead_dropout_mask (guint64 seed, int layer, float p, float *mask, size_t count);
 
 /* The CPU backend (a process-wide singleton; never freed). */
 EadBackend *ead_backend_cpu (void);

@@ -4,7 +4,7 @@
 
 #include "ead-error.h"
 
-#define MAP_PAD 4
+#define MAP_PAD EAD_MAP_PAD
 
 struct _EadDetector {
   EadBackend *backend;
@@ -186,10 +186,6 @@ ead_detector_run (EadDetector *detector, const float *inputs, int n, GError **er
   const EadModel *model = detector->model;
   size_t map_size = (size_t) detector->map_h * detector->map_w;
   int ph = detector->map_h + 2 * MAP_PAD, pw = detector->map_w + 2 * MAP_PAD;
-  /* PyTorch evaluates 0.1 * (m - q_a) / (q_b - q_a) in float32 with (q_b - q_a) formed
-   * in double by Python; the same order keeps the maps bit-comparable */
-  float st_a = (float) model->q_st_a, st_range = (float) (model->q_st_b - model->q_st_a);
-  float ae_a = (float) model->q_ae_a, ae_range = (float) (model->q_ae_b - model->q_ae_a);
   int i;
 
   if (n < 1 || n > detector->max_batch)
@@ -217,17 +213,11 @@ ead_detector_run (EadDetector *detector, const float *inputs, int n, GError **er
                                 detector->map_ae);
   for (int b = 0; b < n; b++)
     {
-      const float *st = detector->map_st + b * map_size;
-      const float *ae = detector->map_ae + b * map_size;
       float *map = detector->map + b * map_size;
       float *padded = detector->padded + (size_t) b * ph * pw;
 
-      for (size_t p = 0; p < map_size; p++)
-        {
-          float st_norm = 0.1f * (st[p] - st_a) / st_range;
-          float ae_norm = 0.1f * (ae[p] - ae_a) / ae_range;
-          map[p] = 0.5f * st_norm + 0.5f * ae_norm;
-        }
+      ead_map_combine (detector->map_st + b * map_size, detector->map_ae + b * map_size,
+                       map_size, model, map);
       for (int y = 0; y < detector->map_h; y++)
         memcpy (padded + (size_t) (y + MAP_PAD) * pw + MAP_PAD, map + (size_t) y * detector->map_w,
                 detector->map_w * sizeof (float));
@@ -267,19 +257,54 @@ ead_detector_get_output (EadDetector *detector, const char *net, int i)
   g_return_val_if_reached (NULL);
 }
 
-float
-ead_detector_full_map (EadDetector *detector, int i, int out_height, int out_width, float *full)
+static float
+resize_max (EadBackend *backend, const float *padded, int ph, int pw, int out_height,
+            int out_width, float *full)
 {
-  int ph = detector->map_h + 2 * MAP_PAD, pw = detector->map_w + 2 * MAP_PAD;
-  const float *padded = detector->padded + (size_t) i * ph * pw;
   size_t count = (size_t) out_height * out_width;
   float score;
 
-  detector->backend->resize_bilinear (padded, 1, ph, pw, full, out_height, out_width);
+  backend->resize_bilinear (padded, 1, ph, pw, full, out_height, out_width);
   score = full[0];
   for (size_t p = 1; p < count; p++)
     score = MAX (score, full[p]);
   return score;
+}
+
+float
+ead_detector_full_map (EadDetector *detector, int i, int out_height, int out_width, float *full)
+{
+  int ph = detector->map_h + 2 * MAP_PAD, pw = detector->map_w + 2 * MAP_PAD;
+
+  return resize_max (detector->backend, detector->padded + (size_t) i * ph * pw, ph, pw,
+                     out_height, out_width, full);
+}
+
+void
+ead_map_combine (const float *st, const float *ae, size_t n, const EadModel *model, float *out)
+{
+  /* PyTorch evaluates 0.1 * (m - q_a) / (q_b - q_a) in float32 with (q_b - q_a) formed
+   * in double by Python; the same order keeps the maps comparable to the last bit */
+  float st_a = (float) model->q_st_a, st_range = (float) (model->q_st_b - model->q_st_a);
+  float ae_a = (float) model->q_ae_a, ae_range = (float) (model->q_ae_b - model->q_ae_a);
+
+  for (size_t p = 0; p < n; p++)
+    {
+      float st_norm = 0.1f * (st[p] - st_a) / st_range;
+      float ae_norm = 0.1f * (ae[p] - ae_a) / ae_range;
+      out[p] = 0.5f * st_norm + 0.5f * ae_norm;
+    }
+}
+
+float
+ead_map_upsample (EadBackend *backend, const float *map, int h, int w, float *padded,
+                  int out_height, int out_width, float *full)
+{
+  int ph = h + 2 * MAP_PAD, pw = w + 2 * MAP_PAD;
+
+  for (int y = 0; y < h; y++)
+    memcpy (padded + (size_t) (y + MAP_PAD) * pw + MAP_PAD, map + (size_t) y * w, w * sizeof (float));
+  return resize_max (backend, padded, ph, pw, out_height, out_width, full);
 }
 
 char *

@@ -56,6 +56,25 @@ float ead_detector_full_map (EadDetector *detector,
                              int out_width,
                              float *full);
 
+/* The maps are padded by this many zeros on every side before the final resize. */
+#define EAD_MAP_PAD 4
+
+/* Quantile normalisation and combination of raw maps (spec §4.1, steps 4-5):
+ * out = 0.5 * 0.1 (st - q_st_a) / (q_st_b - q_st_a) + 0.5 * 0.1 (ae - q_ae_a) / (q_ae_b - q_ae_a). */
+void ead_map_combine (const float *st, const float *ae, size_t n, const EadModel *model, float *out);
+
+/* Steps 6-7: pads the h x w map by EAD_MAP_PAD zeros into padded ((h + 8) x (w + 8),
+ * whose border must be zero), resizes it bilinearly to out_height x out_width into full
+ * and returns the maximum, the image score. */
+float ead_map_upsample (EadBackend *backend,
+                        const float *map,
+                        int h,
+                        int w,
+                        float *padded,
+                        int out_height,
+                        int out_width,
+                        float *full);
+
 /* What the backend chose for each primitive, one line each. */
 char *ead_detector_describe (EadDetector *detector);
 

@@ -158,6 +158,32 @@ ead_net_free (EadNet *net)
   g_free (net);
 }
 
+EadNet *
+ead_net_copy (const EadNet *net)
+{
+  EadNet *copy = g_memdup2 (net, sizeof *net);
+
+  for (int i = 0; i < net->n_layers; i++)
+    if (net->layers[i].kind == EAD_LAYER_CONV)
+      {
+        copy->weight[i] = g_memdup2 (net->weight[i],
+                                     ead_layer_weight_count (&net->layers[i]) * sizeof (float));
+        copy->bias[i] = g_memdup2 (net->bias[i], net->layers[i].out_channels * sizeof (float));
+      }
+  return copy;
+}
+
+void
+ead_net_zero (EadNet *net)
+{
+  for (int i = 0; i < net->n_layers; i++)
+    if (net->layers[i].kind == EAD_LAYER_CONV)
+      {
+        memset (net->weight[i], 0, ead_layer_weight_count (&net->layers[i]) * sizeof (float));
+        memset (net->bias[i], 0, net->layers[i].out_channels * sizeof (float));
+      }
+}
+
 const char *
 ead_net_kind_name (EadNetKind kind)
 {
@@ -231,8 +257,7 @@ ead_net_shapes (const EadNet *net,
   EadShape shape = in_shape;
   int sizes[7][2];
 
-  if (net->kind == EAD_NET_AUTOENCODER)
-    ead_autoencoder_sizes (in_shape.h, in_shape.w, net->padding, sizes);
+  ead_autoencoder_sizes (in_shape.h, in_shape.w, net->padding, sizes);
 
   for (int i = 0; i < net->n_layers; i++)
     {

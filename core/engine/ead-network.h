@@ -65,6 +65,11 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (EadNet, ead_net_free)
 /* A network of a single layer (for op tests and benchmarks); weights zeroed. */
 EadNet *ead_net_new_single (const EadLayer *layer);
 
+/* A deep copy (weights included). */
+EadNet *ead_net_copy (const EadNet *net);
+/* Sets every weight and bias to zero (gradients, optimiser moments). */
+void ead_net_zero (EadNet *net);
+
 const char *ead_net_kind_name (EadNetKind kind);
 size_t ead_layer_weight_count (const EadLayer *layer);
 size_t ead_net_parameter_count (const EadNet *net);

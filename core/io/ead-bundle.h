@@ -8,17 +8,18 @@
  * strings: ead.format_version ("1"), ead.arch (efficientad-s or efficientad-m),
  * ead.input.height, ead.input.width, ead.quantile.st_a/st_b/ae_a/ae_b (%.17g, exact), and
  * whatever else the model's metadata table carries (threshold, training, provenance).
+ * The file format itself is ead-safetensors.h; this layer knows what a model holds.
  */
 #pragma once
 
 #include <glib.h>
 
 #include "ead-model.h"
+#include "ead-safetensors.h"
 
 G_BEGIN_DECLS
 
-/* Safetensors' own limit on the JSON header. */
-#define EAD_BUNDLE_MAX_HEADER_SIZE ((guint64) 100 * 1024 * 1024)
+#define EAD_BUNDLE_MAX_HEADER_SIZE EAD_SAFETENSORS_MAX_HEADER_SIZE
 #define EAD_BUNDLE_MAX_INPUT_SIZE 16384
 
 /* Reads and checks a whole bundle: every tensor present with the shape the architecture

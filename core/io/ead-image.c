@@ -1005,6 +1005,607 @@ ead_image_load_from_memory (const char *name_for_errors,
   return NULL;
 }
 
+/* Header probing: the size and format of an image from the few kilobytes that hold its
+ * header, and a look at the end of the file for the marker every complete PNG and JPEG
+ * ends with, so that importing a folder notices truncated files without decoding them.
+ * The checks are those of the decoders above, so a file the probe accepts fails to
+ * decode only when its compressed data is damaged in the middle. */
+
+#define PROBE_BLOCK_SIZE 4096
+
+typedef struct {
+  const char *name;
+  int fd;               /* the open file, or -1 when data holds the whole file */
+  const uint8_t *data;
+  guint64 size;         /* the whole file's */
+  int read_errno;       /* of the first failed read, for the message */
+} ProbeSource;
+
+/* Reads up to length bytes at offset; short only at the end of the file, -1 on a read
+ * error (errno kept in the source). */
+static gssize
+probe_read_at (ProbeSource *source, guint64 offset, void *buffer, size_t length)
+{
+  size_t done = 0;
+
+  if (offset >= source->size)
+    return 0;
+  length = (size_t) MIN ((guint64) length, source->size - offset);
+  if (source->fd < 0)
+    {
+      memcpy (buffer, source->data + offset, length);
+      return (gssize) length;
+    }
+  while (done < length)
+    {
+      ssize_t n = pread (source->fd, (uint8_t *) buffer + done, length - done,
+                         (off_t) (offset + done));
+
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n < 0)
+        {
+          source->read_errno = errno;
+          return -1;
+        }
+      if (n == 0)
+        break;
+      done += (size_t) n;
+    }
+  return (gssize) done;
+}
+
+static gboolean
+probe_read_block (ProbeSource *source,
+                  guint64 offset,
+                  uint8_t *buffer,
+                  size_t *length,
+                  GError **error)
+{
+  gssize n = probe_read_at (source, offset, buffer, *length);
+
+  if (n < 0)
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_IO, "%s: read error: %s", source->name,
+                   g_strerror (source->read_errno));
+      return FALSE;
+    }
+  *length = (size_t) n;
+  return TRUE;
+}
+
+/* Whether the last PROBE_BLOCK_SIZE bytes of the file hold the marker.  Decoders stop
+ * at the end marker and ignore what follows, so a few bytes of padding after it are
+ * accepted here too. */
+static gboolean
+probe_tail_has (ProbeSource *source,
+                const uint8_t *marker,
+                size_t marker_size,
+                gboolean *found,
+                GError **error)
+{
+  uint8_t tail[PROBE_BLOCK_SIZE];
+  size_t length = sizeof tail;
+  guint64 offset = source->size > sizeof tail ? source->size - sizeof tail : 0;
+
+  if (!probe_read_block (source, offset, tail, &length, error))
+    return FALSE;
+  *found = FALSE;
+  for (size_t i = 0; i + marker_size <= length && !*found; i++)
+    *found = memcmp (tail + i, marker, marker_size) == 0;
+  return TRUE;
+}
+
+/* The CRC-32 of PNG chunks (ISO 3309), bitwise: it only ever covers the 17 bytes of
+ * an IHDR chunk here. */
+static uint32_t
+png_crc32 (const uint8_t *data, size_t size)
+{
+  uint32_t crc = 0xffffffffu;
+
+  for (size_t i = 0; i < size; i++)
+    {
+      crc ^= data[i];
+      for (int k = 0; k < 8; k++)
+        crc = (crc >> 1) ^ (0xedb88320u & -(crc & 1u));
+    }
+  return crc ^ 0xffffffffu;
+}
+
+static gboolean
+png_depth_is_valid (unsigned colour_type, unsigned bit_depth)
+{
+  switch (colour_type)
+    {
+    case PNG_COLOR_TYPE_GRAY:
+      return bit_depth == 1 || bit_depth == 2 || bit_depth == 4 || bit_depth == 8
+             || bit_depth == 16;
+    case PNG_COLOR_TYPE_PALETTE:
+      return bit_depth == 1 || bit_depth == 2 || bit_depth == 4 || bit_depth == 8;
+    case PNG_COLOR_TYPE_RGB:
+    case PNG_COLOR_TYPE_GRAY_ALPHA:
+    case PNG_COLOR_TYPE_RGB_ALPHA:
+      return bit_depth == 8 || bit_depth == 16;
+    default:
+      return FALSE;
+    }
+}
+
+static gboolean
+probe_png (ProbeSource *source,
+           const uint8_t *head,
+           size_t head_size,
+           int *width,
+           int *height,
+           GError **error)
+{
+  /* An empty IEND chunk: length 0, type, CRC. */
+  static const uint8_t iend[12] = { 0, 0, 0, 0, 'I', 'E', 'N', 'D', 0xae, 0x42, 0x60, 0x82 };
+  /* Signature, then IHDR: length, type, 13 bytes of data, CRC. */
+  const size_t header_size = 8 + 8 + 13 + 4;
+  uint32_t w, h;
+  unsigned bit_depth, colour_type;
+  gboolean complete;
+
+  if (head_size < header_size)
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                   "%s: truncated PNG data (%zu bytes, the header alone needs %zu)",
+                   source->name, head_size, header_size);
+      return FALSE;
+    }
+  if (load_be32 (head + 8) != 13 || memcmp (head + 12, "IHDR", 4) != 0)
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                   "%s: corrupt PNG data (the first chunk is not a 13-byte IHDR)",
+                   source->name);
+      return FALSE;
+    }
+  if (png_crc32 (head + 12, 17) != load_be32 (head + 29))
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                   "%s: corrupt PNG data (IHDR: CRC error)", source->name);
+      return FALSE;
+    }
+  w = load_be32 (head + 16);
+  h = load_be32 (head + 20);
+  bit_depth = head[24];
+  colour_type = head[25];
+  if (w > PNG_UINT_31_MAX || h > PNG_UINT_31_MAX)
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                   "%s: corrupt PNG data (IHDR: invalid size %ux%u)", source->name, w, h);
+      return FALSE;
+    }
+  if (!png_depth_is_valid (colour_type, bit_depth) || head[26] != 0 || head[27] != 0
+      || head[28] > 1)
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                   "%s: corrupt PNG data (IHDR: invalid bit depth %u, colour type %u, "
+                   "compression %u, filter %u or interlace %u)", source->name, bit_depth,
+                   colour_type, head[26], head[27], head[28]);
+      return FALSE;
+    }
+  if (!check_size (source->name, w, h, EAD_IMAGE_DEFAULT_MAX_PIXELS, error))
+    return FALSE;
+  if (!probe_tail_has (source, iend, sizeof iend, &complete, error))
+    return FALSE;
+  if (!complete)
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                   "%s: truncated PNG data (no IEND chunk at the end of the file)",
+                   source->name);
+      return FALSE;
+    }
+  *width = (int) w;
+  *height = (int) h;
+  return TRUE;
+}
+
+/* A libjpeg data source that reads the file block by block on demand, so that
+ * jpeg_read_header reads the markers before the first scan and nothing more. */
+typedef struct {
+  struct jpeg_source_mgr pub;
+  ProbeSource *source;
+  guint64 offset;
+  JOCTET buffer[PROBE_BLOCK_SIZE];
+} JpegProbeSource;
+
+static void
+jpeg_probe_init_source (j_decompress_ptr cinfo)
+{
+}
+
+static boolean
+jpeg_probe_fill_input_buffer (j_decompress_ptr cinfo)
+{
+  static const JOCTET fake_eoi[2] = { 0xff, JPEG_EOI };
+  JpegProbeSource *src = (JpegProbeSource *) cinfo->src;
+  gssize n = probe_read_at (src->source, src->offset, src->buffer, sizeof src->buffer);
+
+  if (n < 0)
+    {
+      JpegDecoder *decoder = (JpegDecoder *) cinfo->client_data;
+
+      decoder->code = EAD_ERROR_IO;
+      g_snprintf (decoder->message, sizeof decoder->message, "read error: %s",
+                  g_strerror (src->source->read_errno));
+      longjmp (decoder->jmp, 1);
+    }
+  if (n == 0)
+    {
+      /* What jpeg_stdio_src does at the end of the file: the warning becomes a
+       * "truncated" error in on_jpeg_emit_message. */
+      WARNMS (cinfo, JWRN_JPEG_EOF);
+      src->pub.next_input_byte = fake_eoi;
+      src->pub.bytes_in_buffer = 2;
+      return TRUE;
+    }
+  src->offset += (guint64) n;
+  src->pub.next_input_byte = src->buffer;
+  src->pub.bytes_in_buffer = (size_t) n;
+  return TRUE;
+}
+
+static void
+jpeg_probe_skip_input_data (j_decompress_ptr cinfo, long num_bytes)
+{
+  JpegProbeSource *src = (JpegProbeSource *) cinfo->src;
+
+  if (num_bytes <= 0)
+    return;
+  if ((size_t) num_bytes <= src->pub.bytes_in_buffer)
+    {
+      src->pub.next_input_byte += num_bytes;
+      src->pub.bytes_in_buffer -= (size_t) num_bytes;
+      return;
+    }
+  /* Skipping past the end leaves the next fill at the end of the file, which reports
+   * the truncation. */
+  src->offset += (guint64) num_bytes - src->pub.bytes_in_buffer;
+  src->pub.bytes_in_buffer = 0;
+}
+
+static void
+jpeg_probe_term_source (j_decompress_ptr cinfo)
+{
+}
+
+/* Separate from probe_jpeg for the same reason as decode_jpeg: the state lives in the
+ * decoder, not in this frame. */
+static gboolean
+read_jpeg_header (JpegDecoder *decoder, JpegProbeSource *src, GError **error)
+{
+  struct jpeg_decompress_struct *cinfo = &decoder->cinfo;
+
+  if (setjmp (decoder->jmp))
+    {
+      g_set_error (error, EAD_ERROR, decoder->code, "%s: %s", decoder->name, decoder->message);
+      return FALSE;
+    }
+
+  jpeg_create_decompress (cinfo);
+  cinfo->progress = &decoder->progress;
+  src->pub.init_source = jpeg_probe_init_source;
+  src->pub.fill_input_buffer = jpeg_probe_fill_input_buffer;
+  src->pub.skip_input_data = jpeg_probe_skip_input_data;
+  src->pub.resync_to_restart = jpeg_resync_to_restart;
+  src->pub.term_source = jpeg_probe_term_source;
+  cinfo->src = &src->pub;
+  jpeg_read_header (cinfo, TRUE);
+
+  switch (cinfo->jpeg_color_space)
+    {
+    case JCS_GRAYSCALE:
+    case JCS_RGB:
+    case JCS_YCbCr:
+      break;
+    case JCS_CMYK:
+    case JCS_YCCK:
+      g_set_error (error, EAD_ERROR, EAD_ERROR_UNSUPPORTED,
+                   "%s: CMYK JPEG images are not supported", decoder->name);
+      return FALSE;
+    default:
+      g_set_error (error, EAD_ERROR, EAD_ERROR_UNSUPPORTED,
+                   "%s: JPEG with %d colour components of unknown meaning is not supported",
+                   decoder->name, cinfo->num_components);
+      return FALSE;
+    }
+  return check_size (decoder->name, cinfo->image_width, cinfo->image_height,
+                     EAD_IMAGE_DEFAULT_MAX_PIXELS, error);
+}
+
+static gboolean
+probe_jpeg (ProbeSource *source, int *width, int *height, GError **error)
+{
+  /* In entropy-coded data 0xff is always followed by 0x00 or a restart marker, so this
+   * pair only occurs as the end-of-image marker. */
+  static const uint8_t eoi[2] = { 0xff, JPEG_EOI };
+  JpegDecoder *decoder = g_new0 (JpegDecoder, 1);
+  JpegProbeSource *src = g_new0 (JpegProbeSource, 1);
+  gboolean ok, complete = FALSE;
+
+  decoder->name = source->name;
+  decoder->cinfo.client_data = decoder;
+  decoder->cinfo.err = jpeg_std_error (&decoder->err);
+  decoder->err.error_exit = on_jpeg_error_exit;
+  decoder->err.emit_message = on_jpeg_emit_message;
+  decoder->err.output_message = on_jpeg_output_message;
+  decoder->progress.progress_monitor = on_jpeg_progress;
+  src->source = source;
+  ok = read_jpeg_header (decoder, src, error);
+  if (ok)
+    {
+      *width = (int) decoder->cinfo.image_width;
+      *height = (int) decoder->cinfo.image_height;
+    }
+  jpeg_destroy_decompress (&decoder->cinfo);
+  g_free (decoder);
+  g_free (src);
+  if (ok && !probe_tail_has (source, eoi, sizeof eoi, &complete, error))
+    return FALSE;
+  if (ok && !complete)
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                   "%s: truncated JPEG data (no end-of-image marker at the end of the file)",
+                   source->name);
+      return FALSE;
+    }
+  return ok;
+}
+
+typedef struct {
+  TiffReader base;  /* name and message, for the shared error handler */
+  ProbeSource *source;
+} TiffProbeReader;
+
+static tmsize_t
+tiff_probe_read_cb (thandle_t handle, void *buffer, tmsize_t length)
+{
+  TiffProbeReader *reader = handle;
+  gssize n;
+
+  if (length <= 0)
+    return 0;
+  n = probe_read_at (reader->source, reader->base.pos, buffer, (size_t) length);
+  if (n < 0)
+    return -1;
+  reader->base.pos += (size_t) n;
+  return (tmsize_t) n;
+}
+
+static int
+tiff_probe_map_cb (thandle_t handle, void **base, toff_t *size)
+{
+  /* Not mapped: libtiff then reads only the directories it is asked for. */
+  return 0;
+}
+
+static gboolean
+probe_tiff (ProbeSource *source, int *width, int *height, GError **error)
+{
+  TiffProbeReader reader = { .base = { .name = source->name, .size = source->size },
+                             .source = source };
+  TIFFOpenOptions *options = TIFFOpenOptionsAlloc ();
+  TIFF *tif;
+  uint32_t w = 0, h = 0;
+  uint16_t photometric = 0, format = 0, compression = 0;
+  uint32_t n_striles;
+  gboolean ok = FALSE;
+
+  TIFFOpenOptionsSetErrorHandlerExtR (options, tiff_error_cb, &reader.base);
+  TIFFOpenOptionsSetWarningHandlerExtR (options, tiff_warning_cb, &reader.base);
+  /* base comes first, so the seek and size callbacks of the decoder work on it: they
+   * only use base.pos and base.size. */
+  tif = TIFFClientOpenExt (source->name, "r", &reader, tiff_probe_read_cb, tiff_write_cb,
+                           tiff_seek_cb, tiff_close_cb, tiff_size_cb, tiff_probe_map_cb,
+                           tiff_unmap_cb, options);
+  TIFFOpenOptionsFree (options);
+  if (tif == NULL)
+    {
+      if (source->read_errno != 0)
+        g_set_error (error, EAD_ERROR, EAD_ERROR_IO, "%s: read error: %s", source->name,
+                     g_strerror (source->read_errno));
+      else
+        tiff_set_read_error (&reader.base, error);
+      return FALSE;
+    }
+
+  TIFFGetField (tif, TIFFTAG_IMAGEWIDTH, &w);
+  TIFFGetField (tif, TIFFTAG_IMAGELENGTH, &h);
+  TIFFGetFieldDefaulted (tif, TIFFTAG_SAMPLEFORMAT, &format);
+  TIFFGetFieldDefaulted (tif, TIFFTAG_COMPRESSION, &compression);
+  if (!TIFFGetField (tif, TIFFTAG_PHOTOMETRIC, &photometric))
+    g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                 "%s: TIFF without a photometric interpretation", source->name);
+  else if (format != SAMPLEFORMAT_UINT && format != SAMPLEFORMAT_VOID)
+    g_set_error (error, EAD_ERROR, EAD_ERROR_UNSUPPORTED,
+                 "%s: TIFF with signed or floating-point samples is not supported",
+                 source->name);
+  else if (!TIFFIsCODECConfigured (compression))
+    g_set_error (error, EAD_ERROR, EAD_ERROR_UNSUPPORTED,
+                 "%s: TIFF compression scheme %u is not available in this libtiff",
+                 source->name, compression);
+  else if (check_size (source->name, w, h, EAD_IMAGE_DEFAULT_MAX_PIXELS, error))
+    {
+      /* The pixel data of a truncated TIFF lies past the end of the file: the strip (or
+       * tile) table says where every piece is. */
+      ok = TRUE;
+      n_striles = TIFFNumberOfStrips (tif);
+      for (uint32_t i = 0; i < n_striles && ok; i++)
+        {
+          uint64_t offset = TIFFGetStrileOffset (tif, i);
+          uint64_t count = TIFFGetStrileByteCount (tif, i);
+
+          if (offset > source->size || count > source->size - offset)
+            {
+              g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                           "%s: corrupt or truncated TIFF data (strip %u ends at byte %"
+                           G_GUINT64_FORMAT ", past the end of the %" G_GUINT64_FORMAT
+                           "-byte file)", source->name, i, offset + count, source->size);
+              ok = FALSE;
+            }
+        }
+    }
+  TIFFClose (tif);
+  if (ok)
+    {
+      *width = (int) w;
+      *height = (int) h;
+    }
+  return ok;
+}
+
+static gboolean
+probe_bmp (ProbeSource *source,
+           const uint8_t *head,
+           int *width,
+           int *height,
+           GError **error)
+{
+  EadBmpInfo info;
+
+  /* The BMP headers end within the first 154 bytes, which head holds (or the whole
+   * file, when it is shorter); the header reader only compares the offsets past them
+   * with the file's size, which is why it gets the size of the file, not of head. */
+  G_STATIC_ASSERT (PROBE_BLOCK_SIZE >= 154);
+  if (!_ead_bmp_read_header (source->name, head, (size_t) source->size,
+                             EAD_IMAGE_DEFAULT_MAX_PIXELS, &info, error))
+    return FALSE;
+  *width = info.width;
+  *height = info.height;
+  return TRUE;
+}
+
+static gboolean
+probe_image (ProbeSource *source,
+             int *width,
+             int *height,
+             const char **format,
+             GError **error)
+{
+  static const uint8_t png_signature[8] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n' };
+  uint8_t head[PROBE_BLOCK_SIZE];
+  size_t size = sizeof head;
+  int w = 0, h = 0;
+  const char *kind;
+  gboolean ok;
+
+  if (source->size == 0)
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT, "%s: empty file (0 bytes)",
+                   source->name);
+      return FALSE;
+    }
+  if (!probe_read_block (source, 0, head, &size, error))
+    return FALSE;
+  if (size >= 8 && memcmp (head, png_signature, 8) == 0)
+    {
+      kind = "png";
+      ok = probe_png (source, head, size, &w, &h, error);
+    }
+  else if (size >= 3 && head[0] == 0xff && head[1] == 0xd8 && head[2] == 0xff)
+    {
+      kind = "jpeg";
+      ok = probe_jpeg (source, &w, &h, error);
+    }
+  else if (size >= 4 && (memcmp (head, "II*\0", 4) == 0 || memcmp (head, "MM\0*", 4) == 0
+                         || memcmp (head, "II+\0", 4) == 0 || memcmp (head, "MM\0+", 4) == 0))
+    {
+      kind = "tiff";
+      ok = probe_tiff (source, &w, &h, error);
+    }
+  else if (_ead_bmp_is_bmp (head, size))
+    {
+      kind = "bmp";
+      ok = probe_bmp (source, head, &w, &h, error);
+    }
+  else
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                   "%s: not an image: the content is not PNG, JPEG, BMP or TIFF", source->name);
+      return FALSE;
+    }
+  if (!ok)
+    return FALSE;
+  if (width != NULL)
+    *width = w;
+  if (height != NULL)
+    *height = h;
+  if (format != NULL)
+    *format = kind;
+  return TRUE;
+}
+
+gboolean
+ead_image_read_header (const char *path,
+                       int *width,
+                       int *height,
+                       const char **format,
+                       GError **error)
+{
+  ProbeSource source = { .name = path };
+  struct stat st;
+  gboolean ok;
+  int saved_errno;
+
+  g_return_val_if_fail (path != NULL, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  /* The same checks, in the same order, as read_whole_file. */
+  source.fd = g_open (path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0);
+  if (source.fd < 0)
+    {
+      saved_errno = errno;
+      g_set_error (error, EAD_ERROR, EAD_ERROR_IO, "%s: cannot open: %s", path,
+                   g_strerror (saved_errno));
+      return FALSE;
+    }
+  if (fstat (source.fd, &st) != 0)
+    {
+      saved_errno = errno;
+      g_set_error (error, EAD_ERROR, EAD_ERROR_IO, "%s: cannot stat: %s", path,
+                   g_strerror (saved_errno));
+      close (source.fd);
+      return FALSE;
+    }
+  if (S_ISDIR (st.st_mode))
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_IO, "%s: is a directory, not an image file",
+                   path);
+      close (source.fd);
+      return FALSE;
+    }
+  if (!S_ISREG (st.st_mode))
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_IO, "%s: not a regular file", path);
+      close (source.fd);
+      return FALSE;
+    }
+  source.size = (guint64) st.st_size;
+  ok = probe_image (&source, width, height, format, error);
+  close (source.fd);
+  return ok;
+}
+
+gboolean
+ead_image_read_header_from_memory (const char *name_for_errors,
+                                   const void *data,
+                                   size_t size,
+                                   int *width,
+                                   int *height,
+                                   const char **format,
+                                   GError **error)
+{
+  ProbeSource source = { .name = name_for_errors != NULL ? name_for_errors : "<memory>",
+                         .fd = -1, .data = data, .size = size };
+
+  g_return_val_if_fail (data != NULL || size == 0, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  return probe_image (&source, width, height, format, error);
+}
+
 /* Resizing, after Pillow 9.4's libImaging/Resample.c for 8-bit images with the
  * BILINEAR filter.  Every step that affects rounding is reproduced: the coefficients are
  * computed in double, normalised per output position, converted to fixed point with

@@ -33,6 +33,29 @@ EadImage *ead_image_load_from_memory (const char *name_for_errors,
                                       size_t size,
                                       guint64 max_pixels,
                                       GError **error);
+
+/* The size and format ("png", "jpeg", "tiff" or "bmp") of an image, from its header,
+ * without decoding pixels: reads the first few kilobytes (more only for a JPEG whose
+ * metadata is longer) and the last 4 KiB, where a complete PNG has its IEND chunk and a
+ * complete JPEG its end-of-image marker.  Refuses what ead_image_load refuses from the
+ * header alone, with the same errors: 0 bytes, not an image, a corrupt or truncated
+ * header, a missing end marker, an unsupported variant, more pixels than
+ * EAD_IMAGE_DEFAULT_MAX_PIXELS.  Damage in the middle of the compressed data is found
+ * only by decoding.  width, height and format may be NULL. */
+gboolean ead_image_read_header (const char *path,
+                                int *width,
+                                int *height,
+                                const char **format,
+                                GError **error);
+/* The same checks on a file already in memory (data holds the whole file). */
+gboolean ead_image_read_header_from_memory (const char *name_for_errors,
+                                            const void *data,
+                                            size_t size,
+                                            int *width,
+                                            int *height,
+                                            const char **format,
+                                            GError **error);
+
 EadImage *ead_image_new (int width, int height);  /* zero-filled */
 void ead_image_free (EadImage *image);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (EadImage, ead_image_free)

@@ -1,0 +1,334 @@
+/* ead train: EfficientAD training from a folder of good images. */
+#include "config.h"
+
+#include <gio/gio.h>
+#include <glib-unix.h>
+#include <glib/gstdio.h>
+#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "ead-bundle.h"
+#include "ead-cli.h"
+#include "ead-dataset.h"
+#include "ead-error.h"
+#include "ead-train.h"
+
+typedef struct {
+  gboolean json;
+  gboolean terminal;
+  int log_every;
+  EadTrainPhase last_phase;
+  gboolean phase_started;
+} Reporter;
+
+static gint cancel_requested;
+
+static void
+on_signal (int signum)
+{
+  g_atomic_int_set (&cancel_requested, 1);
+}
+
+static const char *
+phase_name (EadTrainPhase phase)
+{
+  switch (phase)
+    {
+    case EAD_TRAIN_PHASE_TEACHER_STATS:
+      return "teacher statistics";
+    case EAD_TRAIN_PHASE_TRAINING:
+      return "training";
+    case EAD_TRAIN_PHASE_QUANTILES:
+      return "map quantiles";
+    }
+  return "?";
+}
+
+static char *
+format_duration (double seconds)
+{
+  int s = (int) (seconds + 0.5);
+
+  if (s >= 3600)
+    return g_strdup_printf ("%dh%02dm", s / 3600, s / 60 % 60);
+  return g_strdup_printf ("%dm%02ds", s / 60, s % 60);
+}
+
+static void
+report (const EadTrainProgress *progress, gpointer user_data)
+{
+  Reporter *reporter = user_data;
+  gboolean training = progress->phase == EAD_TRAIN_PHASE_TRAINING;
+  gboolean last = progress->step == progress->steps;
+
+  if (reporter->json)
+    {
+      if (!training && !last)
+        return;
+      if (training && !last && progress->step % reporter->log_every != 0)
+        return;
+      printf ("{\"event\":\"progress\",\"phase\":\"%s\",\"step\":%d,\"steps\":%d,"
+              "\"loss\":%.6g,\"loss_hard\":%.6g,\"loss_penalty\":%.6g,\"loss_ae\":%.6g,"
+              "\"loss_stae\":%.6g,\"elapsed_s\":%.1f,\"eta_s\":%.1f}\n",
+              phase_name (progress->phase), progress->step, progress->steps,
+              progress->loss_total, progress->loss_hard, progress->loss_penalty,
+              progress->loss_ae, progress->loss_stae, progress->elapsed_s, progress->eta_s);
+      fflush (stdout);
+      return;
+    }
+  if (reporter->terminal)
+    {
+      int width = 30, filled = (int) ((double) width * progress->step / progress->steps);
+      g_autofree char *elapsed = format_duration (progress->elapsed_s);
+      g_autofree char *eta = format_duration (progress->eta_s);
+      char bar[64];
+
+      for (int i = 0; i < width; i++)
+        bar[i] = i < filled ? '#' : '.';
+      bar[width] = '\0';
+      if (training)
+        fprintf (stderr, "\r%-18s [%s] %d/%d loss %.4f (hard %.4f ae %.4f stae %.4f) %s ETA %s  ",
+                 phase_name (progress->phase), bar, progress->step, progress->steps,
+                 progress->loss_total, progress->loss_hard, progress->loss_ae, progress->loss_stae,
+                 elapsed, eta);
+      else
+        fprintf (stderr, "\r%-18s [%s] %d/%d %s  ", phase_name (progress->phase), bar,
+                 progress->step, progress->steps, elapsed);
+      if (last)
+        fputc ('\n', stderr);
+      return;
+    }
+  if ((training && (progress->step % reporter->log_every == 0 || last)) || (!training && last))
+    {
+      if (training)
+        printf ("step %d/%d loss %.5f (hard %.5f penalty %.5f ae %.5f stae %.5f) elapsed %.0f s, ETA %.0f s\n",
+                progress->step, progress->steps, progress->loss_total, progress->loss_hard,
+                progress->loss_penalty, progress->loss_ae, progress->loss_stae,
+                progress->elapsed_s, progress->eta_s);
+      else
+        printf ("%s: %d images, %.1f s\n", phase_name (progress->phase), progress->steps,
+                progress->elapsed_s);
+      fflush (stdout);
+    }
+}
+
+/* The teacher: a given bundle, else the bundled default teacher of the architecture,
+ * else a seeded random teacher (until a pretrained one is installed) with a warning. */
+static EadModel *
+load_teacher (const char *teacher_path, EadArch arch, int height, int width, GError **error)
+{
+  g_autofree char *name = g_strdup_printf ("teacher-%s.ead.safetensors",
+                                           arch == EAD_ARCH_SMALL ? "s" : "m");
+  const char *dirs[] = { g_getenv ("EAD_TEACHER_DIR"), EAD_SOURCE_DATADIR "/teachers",
+                         EAD_DATADIR "/teachers" };
+  EadModel *teacher;
+
+  if (teacher_path != NULL)
+    {
+      teacher = ead_bundle_read (teacher_path, error);
+      if (teacher == NULL)
+        return NULL;
+      if (teacher->arch != arch)
+        {
+          g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
+                       "%s: an %s teacher, but --model asks for %s", teacher_path,
+                       ead_arch_name (teacher->arch), ead_arch_name (arch));
+          ead_model_free (teacher);
+          return NULL;
+        }
+      if (!g_hash_table_contains (teacher->metadata, "ead.teacher.source"))
+        g_hash_table_insert (teacher->metadata, g_strdup ("ead.teacher.source"),
+                             g_strdup (teacher_path));
+    }
+  else
+    {
+      teacher = NULL;
+      for (size_t i = 0; teacher == NULL && i < G_N_ELEMENTS (dirs); i++)
+        {
+          g_autofree char *path = dirs[i] ? g_build_filename (dirs[i], name, NULL) : NULL;
+          if (path != NULL && g_file_test (path, G_FILE_TEST_EXISTS))
+            {
+              teacher = ead_bundle_read (path, error);
+              if (teacher == NULL)
+                return NULL;
+            }
+        }
+      if (teacher == NULL)
+        {
+          teacher = ead_model_new (arch);
+          ead_net_init_random (teacher->teacher, "teacher", 0);
+          g_hash_table_insert (teacher->metadata, g_strdup ("ead.teacher.source"),
+                               g_strdup ("random (seed 0)"));
+          fprintf (stderr, "ead train: no pretrained teacher is installed (%s); using a "
+                           "seeded random teacher, which detects poorly; pass --teacher\n", name);
+        }
+    }
+  teacher->input_height = height;
+  teacher->input_width = width;
+  return teacher;
+}
+
+int
+ead_cmd_train (int argc, char **argv)
+{
+  g_autofree char *data_dir = NULL;
+  g_autofree char *arch_text = NULL;
+  g_autofree char *teacher_path = NULL;
+  g_autofree char *penalty_dir = NULL;
+  g_autofree char *out = NULL;
+  g_autofree char *device = NULL;
+  gint64 seed = 0;
+  int steps = 70000, threads = 0, checkpoint_every = 1000, log_every = 100, input_size = 256;
+  gboolean resume = FALSE, strict = FALSE, json = FALSE;
+  const GOptionEntry entries[] = {
+    { "data", 'd', 0, G_OPTION_ARG_FILENAME, &data_dir,
+      "Good images: an MVTec AD category (its train/good) or a folder", "DIR" },
+    { "model", 'm', 0, G_OPTION_ARG_STRING, &arch_text, "s or m (default s)", "s|m" },
+    { "steps", 0, 0, G_OPTION_ARG_INT, &steps, "Training steps (default 70000)", "N" },
+    { "teacher", 0, 0, G_OPTION_ARG_FILENAME, &teacher_path,
+      "Teacher bundle (default: the installed teacher of the model size)", "BUNDLE" },
+    { "penalty-dir", 0, 0, G_OPTION_ARG_FILENAME, &penalty_dir,
+      "General photos for the penalty loss (default: none)", "DIR" },
+    { "seed", 0, 0, G_OPTION_ARG_INT64, &seed, "Seed (default 0)", "S" },
+    { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (default: all cores)", "T" },
+    { "device", 0, 0, G_OPTION_ARG_STRING, &device, "cpu or cuda (default cpu)", "DEVICE" },
+    { "input-size", 0, 0, G_OPTION_ARG_INT, &input_size, "Network input side (default 256)", "PX" },
+    { "checkpoint-every", 0, 0, G_OPTION_ARG_INT, &checkpoint_every,
+      "Steps between checkpoints (default 1000; 0: none)", "N" },
+    { "resume", 0, 0, G_OPTION_ARG_NONE, &resume, "Continue from the last checkpoint", NULL },
+    { "strict", 0, 0, G_OPTION_ARG_NONE, &strict, "Refuse unreadable images instead of skipping them", NULL },
+    { "log-every", 0, 0, G_OPTION_ARG_INT, &log_every,
+      "Steps between progress lines when not on a terminal (default 100)", "N" },
+    { "json", 0, 0, G_OPTION_ARG_NONE, &json, "JSON events on stdout, one per line", NULL },
+    { "out", 'o', 0, G_OPTION_ARG_FILENAME, &out, "The trained model bundle to write", "BUNDLE" },
+    G_OPTION_ENTRY_NULL
+  };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (EadModel) teacher = NULL;
+  g_autoptr (EadDataset) data = NULL;
+  g_autoptr (EadDataset) penalty = NULL;
+  g_autoptr (EadTrainer) trainer = NULL;
+  g_autoptr (EadModel) model = NULL;
+  g_autofree char *checkpoint = NULL;
+  EadDatasetOptions data_options = { 0 };
+  EadTrainOptions options;
+  Reporter reporter = { 0 };
+  EadArch arch = EAD_ARCH_SMALL;
+  int exit_code;
+  gint64 start = g_get_monotonic_time ();
+
+  if (!ead_cli_parse ("train", "",
+                      "Train an EfficientAD model (student and autoencoder against a frozen\n"
+                      "teacher) on good images.  A checkpoint next to the output lets a killed\n"
+                      "or interrupted run continue with --resume.",
+                      entries, &argc, &argv, &exit_code))
+    return exit_code;
+  if (data_dir == NULL || out == NULL)
+    {
+      ead_cli_error ("train", "--data DIR and --out BUNDLE are required (see 'ead train --help')");
+      return EAD_EXIT_USAGE;
+    }
+  if (arch_text != NULL && !ead_arch_parse (arch_text, &arch, &error))
+    {
+      ead_cli_error ("train", "--model: %s", error->message);
+      return EAD_EXIT_USAGE;
+    }
+  if (steps < 1 || threads < 0 || checkpoint_every < 0 || log_every < 1 || seed < 0)
+    {
+      ead_cli_error ("train", "--steps and --log-every must be positive; --threads, "
+                              "--checkpoint-every and --seed 0 or more");
+      return EAD_EXIT_USAGE;
+    }
+  if (input_size < EAD_MIN_INPUT_SIZE || input_size > 4096)
+    {
+      ead_cli_error ("train", "--input-size %d: the networks need %d to 4096 pixels",
+                     input_size, EAD_MIN_INPUT_SIZE);
+      return EAD_EXIT_USAGE;
+    }
+
+  teacher = load_teacher (teacher_path, arch, input_size, input_size, &error);
+  if (teacher == NULL)
+    {
+      ead_cli_error ("train", "%s", error->message);
+      return EAD_EXIT_FAILURE;
+    }
+  data_options = (EadDatasetOptions) { input_size, input_size, 0.1, 42, strict,
+                                       EAD_DATASET_MIN_IMAGES };
+  data = ead_dataset_load (data_dir, &data_options, &error);
+  if (data == NULL)
+    {
+      ead_cli_error ("train", "%s", error->message);
+      return EAD_EXIT_FAILURE;
+    }
+  for (guint i = 0; i < data->skipped->len; i++)
+    ead_cli_error ("train", "skipped %s", (const char *) data->skipped->pdata[i]);
+  if (penalty_dir != NULL)
+    {
+      EadDatasetOptions penalty_options = { input_size, input_size, 0.0, 0, strict, 1 };
+      penalty = ead_dataset_load (penalty_dir, &penalty_options, &error);
+      if (penalty == NULL)
+        {
+          ead_cli_error ("train", "--penalty-dir: %s", error->message);
+          return EAD_EXIT_FAILURE;
+        }
+    }
+
+  checkpoint = g_strconcat (out, ".checkpoint", NULL);
+  if (!resume && g_file_test (checkpoint, G_FILE_TEST_EXISTS))
+    fprintf (stderr, "ead train: starting afresh; %s will be replaced (use --resume to continue it)\n",
+             checkpoint);
+  ead_train_options_init (&options);
+  options.steps = steps;
+  options.seed = seed;
+  options.threads = threads;
+  options.device = device;
+  options.checkpoint_every = checkpoint_every;
+  options.checkpoint_path = checkpoint;
+  options.resume = resume;
+  trainer = ead_trainer_new (teacher, data, penalty, &options, &error);
+  if (trainer == NULL)
+    {
+      ead_cli_error ("train", "%s", error->message);
+      return EAD_EXIT_FAILURE;
+    }
+
+  reporter.json = json;
+  reporter.terminal = !json && isatty (STDERR_FILENO);
+  reporter.log_every = log_every;
+  if (!json)
+    printf ("training %s on %u images (%u for validation) from %s, %d steps\n",
+            ead_arch_name (arch), data->train->len, data->validation->len, data->root, steps);
+  signal (SIGINT, on_signal);
+  signal (SIGTERM, on_signal);
+  model = ead_trainer_run (trainer, report, &reporter, &cancel_requested, &error);
+  signal (SIGINT, SIG_DFL);
+  signal (SIGTERM, SIG_DFL);
+  if (model == NULL)
+    {
+      gboolean cancelled = g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+
+      if (reporter.terminal)
+        fputc ('\n', stderr);
+      ead_cli_error ("train", "%s%s", error->message,
+                     cancelled ? "; continue with --resume" : "");
+      return cancelled ? 130 : EAD_EXIT_FAILURE;
+    }
+  if (!ead_bundle_write (model, out, &error))
+    {
+      ead_cli_error ("train", "%s (the checkpoint %s is kept)", error->message, checkpoint);
+      return EAD_EXIT_FAILURE;
+    }
+  g_unlink (checkpoint);
+  if (json)
+    printf ("{\"event\":\"done\",\"out\":\"%s\",\"steps\":%d,\"seconds\":%.1f,"
+            "\"threshold\":%s,\"q_st\":[%.9g,%.9g],\"q_ae\":[%.9g,%.9g]}\n",
+            out, steps, (g_get_monotonic_time () - start) / 1e6,
+            (const char *) g_hash_table_lookup (model->metadata, "ead.threshold.suggested"),
+            model->q_st_a, model->q_st_b, model->q_ae_a, model->q_ae_b);
+  else
+    printf ("wrote %s in %.0f s (suggested threshold %s)\n", out,
+            (g_get_monotonic_time () - start) / 1e6,
+            (const char *) g_hash_table_lookup (model->metadata, "ead.threshold.suggested"));
+  return EAD_EXIT_OK;
+}

@@ -1,0 +1,39 @@
+/* Shared between the CPU backend's inference (ead-backend-cpu.c) and training
+ * (ead-backend-cpu-train.c) halves. */
+#pragma once
+
+#include <oneapi/dnnl/dnnl.h>
+
+#include "ead-backend.h"
+
+#define EAD_CPU_ALIGNMENT 64
+
+typedef struct {
+  EadBackend parent;
+  dnnl_engine_t engine;
+  int threads;
+} EadCpuBackend;
+
+gboolean _ead_cpu_check (dnnl_status_t status, const char *what, GError **error);
+size_t _ead_cpu_align (size_t n);
+/* Attributes with a user scratchpad and, when relu, a fused ReLU post-op. */
+dnnl_primitive_attr_t _ead_cpu_attr_new (gboolean relu);
+char *_ead_cpu_describe (const_dnnl_primitive_desc_t pd, const char *what);
+
+EadTrainExec *_ead_cpu_train_compile (EadBackend *backend,
+                                      EadNet *net,
+                                      EadNet *grad,
+                                      int batch,
+                                      int height,
+                                      int width,
+                                      GError **error);
+gboolean _ead_cpu_train_forward (EadTrainExec *exec,
+                                 const float *in,
+                                 float *out,
+                                 guint64 dropout_seed,
+                                 GError **error);
+gboolean _ead_cpu_train_backward (EadTrainExec *exec,
+                                  const float *diff_out,
+                                  GError **error);
+void _ead_cpu_train_free (EadTrainExec *exec);
+char *_ead_cpu_train_describe (EadTrainExec *exec);

@@ -1,0 +1,78 @@
+/* ead-train.h: EfficientAD training (spec §3) of the student and the autoencoder
+ * against a frozen teacher, reproducible, resumable and cancellable.
+ *
+ * Every random choice of step s (which image, which colour jitter, dropout masks, which
+ * penalty image) is drawn from a counter-based generator keyed by (seed, s), so a run
+ * resumed from a checkpoint continues exactly as the uninterrupted run would: with the
+ * same seed, machine and thread count the final bundle is bit-identical.
+ */
+#pragma once
+
+#include <glib.h>
+
+#include "ead-dataset.h"
+#include "ead-model.h"
+
+G_BEGIN_DECLS
+
+typedef struct _EadTrainer EadTrainer;
+
+typedef struct {
+  int steps;                 /* 70,000 in the paper */
+  guint64 seed;              /* student/AE initialisation and every random draw */
+  int threads;               /* 0: all cores */
+  const char *device;        /* "cpu" (default) */
+  int checkpoint_every;      /* steps between checkpoints; 0: none */
+  const char *checkpoint_path;  /* where checkpoints go (atomically replaced) */
+  gboolean resume;           /* continue from checkpoint_path when it exists */
+  double learning_rate;      /* 1e-4; x0.1 from 95 % of the steps on */
+  double weight_decay;       /* 1e-5, L2 added to the gradient (Adam, not AdamW) */
+} EadTrainOptions;
+
+void ead_train_options_init (EadTrainOptions *options);
+
+typedef enum {
+  EAD_TRAIN_PHASE_TEACHER_STATS,
+  EAD_TRAIN_PHASE_TRAINING,
+  EAD_TRAIN_PHASE_QUANTILES,
+} EadTrainPhase;
+
+typedef struct {
+  EadTrainPhase phase;
+  int step;                  /* steps done (training), or images done (other phases) */
+  int steps;                 /* of this phase */
+  double loss_total, loss_hard, loss_penalty, loss_ae, loss_stae;  /* of the last step */
+  double elapsed_s;          /* since ead_trainer_run started */
+  double eta_s;              /* estimated seconds until the whole run ends */
+  gboolean resumed;          /* training continued from a checkpoint */
+} EadTrainProgress;
+
+typedef void (*EadTrainProgressFunc) (const EadTrainProgress *progress, gpointer user_data);
+
+/* teacher: a model whose teacher network is used (frozen); its student, autoencoder and
+ * normalisation are ignored.  data: the good images; penalty: general photos for the
+ * penalty loss at the network input size, or NULL for none.  All three are borrowed
+ * and must outlive the trainer. */
+EadTrainer *ead_trainer_new (const EadModel *teacher,
+                             const EadDataset *data,
+                             const EadDataset *penalty,
+                             const EadTrainOptions *options,
+                             GError **error);
+void ead_trainer_free (EadTrainer *trainer);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (EadTrainer, ead_trainer_free)
+
+/* Runs to the end and returns the trained model (weights, teacher statistics, map
+ * quantiles from the validation images, suggested threshold, training metadata).
+ * progress is called after every step (keep it cheap; it runs on the training thread).
+ * When *cancel becomes non-zero the run stops within one step, writes a checkpoint if
+ * it has a checkpoint path, and fails with G_IO_ERROR_CANCELLED. */
+EadModel *ead_trainer_run (EadTrainer *trainer,
+                           EadTrainProgressFunc progress,
+                           gpointer user_data,
+                           const gint *cancel,
+                           GError **error);
+
+/* Loss history so far: steps x 5 floats (total, hard, penalty, ae, stae). */
+const float *ead_trainer_get_history (EadTrainer *trainer, int *steps);
+
+G_END_DECLS
