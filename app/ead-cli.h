@@ -44,6 +44,15 @@ int ead_cmd_info (int argc, char **argv);
 int ead_cmd_infer (int argc, char **argv);
 int ead_cmd_bench (int argc, char **argv);
 int ead_cmd_train (int argc, char **argv);
+int ead_cmd_eval (int argc, char **argv);
 int ead_cmd_demo (int argc, char **argv);
+int ead_cmd_init (int argc, char **argv);
+int ead_cmd_import (int argc, char **argv);
+int ead_cmd_label (int argc, char **argv);
+int ead_cmd_images (int argc, char **argv);
+int ead_cmd_models (int argc, char **argv);
+int ead_cmd_threshold (int argc, char **argv);
+int ead_cmd_runs (int argc, char **argv);
+int ead_cmd_teacher (int argc, char **argv);
 
 G_END_DECLS

@@ -8,14 +8,18 @@
 
 #include "ead-bundle.h"
 #include "ead-cli.h"
+#include "ead-dataset.h"
 #include "ead-detector.h"
+#include "ead-train.h"
 
 typedef struct {
   EadArch arch;
+  gboolean train;
   int batch;
   int threads;
   const char *device;
   const char *bundle;
+  const char *data_dir;  /* training images for train benchmarks, or NULL */
   int warmup;
   int runs;
 } BenchConfig;
@@ -112,6 +116,8 @@ result_to_json (const BenchConfig *config, const BenchResult *result)
   json_builder_add_int_value (builder, config->threads);
   json_builder_set_member_name (builder, "device");
   json_builder_add_string_value (builder, config->device);
+  json_builder_set_member_name (builder, "mode");
+  json_builder_add_string_value (builder, config->train ? "train-step" : "inference");
   json_builder_set_member_name (builder, "precision");
   json_builder_add_string_value (builder, "fp32");
   json_builder_set_member_name (builder, "median_ms");
@@ -133,6 +139,102 @@ result_to_json (const BenchConfig *config, const BenchResult *result)
   json_builder_add_int_value (builder, config->runs);
   json_builder_end_object (builder);
   return json_builder_get_root (builder);
+}
+
+/* Synthetic good images for a training benchmark without data: smooth random texture. */
+static EadDataset *
+synthetic_dataset (int size, int count)
+{
+  EadDataset *dataset = g_new0 (EadDataset, 1);
+  guint64 key = ead_random_key (1, "bench.train.images");
+
+  dataset->root = g_strdup ("(synthetic)");
+  dataset->snapshot = g_strdup ("synthetic");
+  dataset->train = g_array_new (FALSE, TRUE, sizeof (EadSample));
+  dataset->validation = g_array_new (FALSE, TRUE, sizeof (EadSample));
+  dataset->skipped = g_ptr_array_new_with_free_func (g_free);
+  for (int i = 0; i < count; i++)
+    {
+      EadSample sample = { g_strdup_printf ("synthetic-%d", i), ead_image_new (size, size) };
+      for (size_t p = 0; p < (size_t) size * size * 3; p++)
+        sample.image->rgb[p] = 96 + (guint8) (64.0f * ead_random_uniform (key, (guint64) i * size * size * 3 + p));
+      g_array_append_val (i < count - 2 ? dataset->train : dataset->validation, sample);
+    }
+  return dataset;
+}
+
+typedef struct {
+  GArray *step_ms;
+  gint64 last;
+} StepTimes;
+
+static void
+record_step (const EadTrainProgress *progress, gpointer user_data)
+{
+  StepTimes *times = user_data;
+  gint64 now = g_get_monotonic_time ();
+
+  if (progress->phase == EAD_TRAIN_PHASE_TRAINING)
+    {
+      double ms = (now - times->last) / 1000.0;
+      g_array_append_val (times->step_ms, ms);
+    }
+  times->last = now;
+}
+
+/* Times training steps (teacher on x and x_aug, student forward/backward twice, AE
+ * forward/backward, Adam) after a warm-up; the teacher statistics and the validation
+ * pass are not timed. */
+static gboolean
+run_train_config (const BenchConfig *config, BenchResult *result, GError **error)
+{
+  g_autoptr (EadModel) teacher = ead_model_new (config->arch);
+  g_autoptr (EadDataset) data = NULL;
+  g_autoptr (EadTrainer) trainer = NULL;
+  g_autoptr (EadModel) model = NULL;
+  g_autoptr (GArray) step_ms = g_array_new (FALSE, FALSE, sizeof (double));
+  StepTimes times = { step_ms, g_get_monotonic_time () };
+  EadTrainOptions options;
+  EadShape in = { 3, 256, 256 };
+
+  ead_net_init_random (teacher->teacher, "teacher", 0);
+  if (config->data_dir != NULL)
+    {
+      EadDatasetOptions data_options = { 256, 256, 0.1, 42, FALSE, EAD_DATASET_MIN_IMAGES };
+      data = ead_dataset_load (config->data_dir, &data_options, error);
+      if (data == NULL)
+        return FALSE;
+    }
+  else
+    data = synthetic_dataset (256, 12);
+  ead_train_options_init (&options);
+  options.steps = config->warmup + config->runs;
+  options.threads = config->threads;
+  options.device = config->device;
+  options.checkpoint_every = 0;
+  trainer = ead_trainer_new (teacher, data, NULL, &options, error);
+  if (trainer == NULL)
+    return FALSE;
+  model = ead_trainer_run (trainer, record_step, &times, NULL, error);
+  if (model == NULL)
+    return FALSE;
+  g_array_remove_range (step_ms, 0, config->warmup);
+  g_array_sort (step_ms, compare_doubles);
+  {
+    double *t = (double *) step_ms->data;
+    int n = step_ms->len;
+    result->median_ms = n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+    result->min_ms = t[0];
+    result->max_ms = t[n - 1];
+  }
+  result->images_per_s = 1000.0 / result->median_ms;
+  /* per step: teacher on 2 images, student forward + backward on 2, AE forward + backward */
+  result->gflop_per_image = 2.0e-9 * (2.0 * ead_net_macs (model->teacher, in)
+                                      + 3.0 * 2.0 * ead_net_macs (model->student, in)
+                                      + 3.0 * ead_net_macs (model->autoencoder, in));
+  result->peak_rss_mb = ead_cli_peak_rss_mb ();
+  result->implementations = g_strdup ("");
+  return TRUE;
 }
 
 static gboolean
@@ -186,6 +288,13 @@ run_child (const BenchConfig *config, const char *arch_text, JsonNode **node, GE
   g_ptr_array_add (args, runs);
   g_ptr_array_add (args, (char *) "--device");
   g_ptr_array_add (args, (char *) config->device);
+  if (config->train)
+    g_ptr_array_add (args, (char *) "--train");
+  if (config->data_dir != NULL)
+    {
+      g_ptr_array_add (args, (char *) "--data");
+      g_ptr_array_add (args, (char *) config->data_dir);
+    }
   if (config->bundle != NULL)
     {
       g_ptr_array_add (args, (char *) "--bundle");
@@ -232,7 +341,8 @@ ead_cmd_bench (int argc, char **argv)
   g_autofree char *threads_text = NULL;
   g_autofree char *device = NULL;
   g_autofree char *bundle = NULL;
-  gboolean json = FALSE, describe = FALSE;
+  g_autofree char *data_dir = NULL;
+  gboolean json = FALSE, describe = FALSE, train = FALSE;
   int warmup = 3, runs = 10;
   const GOptionEntry entries[] = {
     { "model", 'm', 0, G_OPTION_ARG_STRING, &arch_text, "s or m (default s)", "s|m" },
@@ -244,6 +354,10 @@ ead_cmd_bench (int argc, char **argv)
       "Time this model instead of random networks", "BUNDLE" },
     { "warmup", 0, 0, G_OPTION_ARG_INT, &warmup, "Untimed runs first (default 3)", "N" },
     { "runs", 0, 0, G_OPTION_ARG_INT, &runs, "Timed runs (default 10)", "N" },
+    { "train", 0, 0, G_OPTION_ARG_NONE, &train,
+      "Time training steps instead of inference (batch 1, the spec's training step)", NULL },
+    { "data", 0, 0, G_OPTION_ARG_FILENAME, &data_dir,
+      "Training images for --train (default: synthetic)", "DIR" },
     { "describe", 0, 0, G_OPTION_ARG_NONE, &describe,
       "Also print the implementation the backend chose for each layer", NULL },
     { "json", 0, 0, G_OPTION_ARG_NONE, &json, "One JSON object per configuration and line", NULL },
@@ -278,6 +392,13 @@ ead_cmd_bench (int argc, char **argv)
   if (thread_counts->len == 0)
     g_array_append_val (thread_counts, (int) { g_get_num_processors () });
   config.device = device ? device : "cpu";
+  config.train = train;
+  config.data_dir = data_dir;
+  if (train && batches->len == 1 && g_array_index (batches, int, 0) != 1)
+    {
+      ead_cli_error ("bench", "--train times single-image steps (the paper's batch size 1)");
+      return EAD_EXIT_USAGE;
+    }
   config.bundle = bundle;
   config.warmup = warmup;
   config.runs = runs;
@@ -301,7 +422,8 @@ ead_cmd_bench (int argc, char **argv)
         else
           {
             BenchResult result = { 0 };
-            if (!run_config (&config, &result, &error))
+            if (!(train ? run_train_config (&config, &result, &error)
+                        : run_config (&config, &result, &error)))
               break;
             node = result_to_json (&config, &result);
             if (describe)

@@ -15,9 +15,18 @@ static const struct {
   { "model", ead_cmd_model, "Create a model bundle (model new)" },
   { "info", ead_cmd_info, "Describe a model bundle" },
   { "train", ead_cmd_train, "Train a model on good images" },
+  { "eval", ead_cmd_eval, "Evaluate a model on an MVTec AD test split" },
   { "infer", ead_cmd_infer, "Score images and write heatmaps" },
   { "bench", ead_cmd_bench, "Time the inference pipeline" },
   { "demo", ead_cmd_demo, "Generate a synthetic inspection dataset" },
+  { "init", ead_cmd_init, "Create a project" },
+  { "import", ead_cmd_import, "Import folders of images into a project" },
+  { "label", ead_cmd_label, "Label images good, defect or unlabelled" },
+  { "images", ead_cmd_images, "List the images of a project" },
+  { "models", ead_cmd_models, "List or register the models of a project" },
+  { "threshold", ead_cmd_threshold, "Show, suggest or set a model's threshold" },
+  { "runs", ead_cmd_runs, "List training and inference runs" },
+  { "teacher", ead_cmd_teacher, "Import a pretrained PyTorch teacher (teacher import)" },
 };
 
 static void
@@ -26,7 +35,7 @@ print_usage (FILE *out)
   fprintf (out, "Usage: ead COMMAND [OPTION...]\n\n"
                 "EfficientAD Workstation: visual anomaly detection.\n\nCommands:\n");
   for (size_t i = 0; i < G_N_ELEMENTS (commands); i++)
-    fprintf (out, "  %-8s %s\n", commands[i].name, commands[i].summary);
+    fprintf (out, "  %-9s %s\n", commands[i].name, commands[i].summary);
   fprintf (out, "\nRun 'ead COMMAND --help' for the options of a command.\n"
                 "Options: --help, --version\n");
 }

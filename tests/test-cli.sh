@@ -101,5 +101,102 @@ refuses "bundle with a wrong tensor shape" "teacher.0.weight" "$EAD" info "$TMP/
 refuses "model new into a missing folder" "nofolder" "$EAD" model new --out "$TMP/nofolder/x.ead.safetensors"
 refuses "model new with a bad size" "--model" "$EAD" model new --model x --out "$TMP/x.ead.safetensors"
 
+# the project store: init, import with bad files, label, models, threshold with its
+# audit trail, runs
+for cmd in init import label images models threshold runs; do
+  check "ead $cmd --help" "$EAD" $cmd --help
+  check "ead $cmd --version" "$EAD" $cmd --version
+done
+P="$TMP/project"
+check "init" "$EAD" init "$P"
+[ -s "$P/project.ead" ] && ok "init writes project.ead" || not_ok "init writes project.ead"
+refuses "init over an existing project" "exists already" "$EAD" init "$P"
+mkdir -p "$TMP/batch/sub"
+cp "$FIX/surface.png" "$TMP/batch/a.png"
+cp "$FIX/surface.jpg" "$TMP/batch/sub/b.jpg"
+cp "$TMP/truncated.png" "$TMP/empty.png" "$TMP/text.png" "$TMP/batch/"
+"$EAD" import --project "$P" "$TMP/batch" >"$TMP/out" 2>"$TMP/err"
+code=$?
+if [ "$code" -eq 1 ] && grep -q "2 added" "$TMP/out" && grep -q "truncated.png: truncated PNG" "$TMP/out" \
+  && grep -q "empty.png: empty file" "$TMP/out" && grep -q "text.png: not an image" "$TMP/out"; then
+  ok "import adds the good files and lists the bad ones with reasons (exit 1)"
+else
+  not_ok "import adds the good files and lists the bad ones with reasons (exit $code)"
+  sed 's/^/# /' "$TMP/out" "$TMP/err"
+fi
+"$EAD" import --project "$P" --json "$TMP/batch" >"$TMP/out" 2>"$TMP/err"
+grep -q '"added" : 0' "$TMP/out" && grep -q '"present" : 2' "$TMP/out" && grep -q '"failed" : 3' "$TMP/out" \
+  && ok "import again: nothing added, 2 present (--json)" \
+  || { not_ok "import again: nothing added, 2 present (--json)"; sed 's/^/# /' "$TMP/out"; }
+check "label by absolute path" "$EAD" label --project "$P" defect "$TMP/batch/a.png"
+check "label by id" "$EAD" label --project "$P" good 2
+check "label by a path relative to the current folder" \
+  sh -c "cd '$TMP/batch' && '$EAD' label --project '$P' good sub/b.jpg"
+refuses "label an unknown image" "nothing was labelled" "$EAD" label --project "$P" good "$TMP/nothere.png"
+refuses "label with a bad word" "unknown label" "$EAD" label --project "$P" so-so 1
+check "images with the project in the current folder" sh -c "cd '$P' && '$EAD' images"
+grep -q "2 of 2 images" "$TMP/out" && ok "images lists both" || not_ok "images lists both"
+check "images --label defect --json" "$EAD" images --project "$P" --label defect --json
+grep -q '"total" : 1' "$TMP/out" && grep -q 'a.png' "$TMP/out" && ok "one defect, a.png" \
+  || not_ok "one defect, a.png"
+refuses "threshold without a model" "no model" "$EAD" threshold --project "$P" show
+check "models --add" "$EAD" models --project "$P" --add "$TMP/s.ead.safetensors"
+grep -q "efficientad-s" "$TMP/out" && ok "the model is listed" || not_ok "the model is listed"
+check "threshold set with a reason" "$EAD" threshold --project "$P" set 0.75 --reason "line trial"
+check "threshold show --json" "$EAD" threshold --project "$P" show --json
+grep -q '"kind" : "set"' "$TMP/out" && grep -q '"new" : 0.75' "$TMP/out" \
+  && grep -q '"reason" : "line trial"' "$TMP/out" && grep -q '"threshold" : 0.75' "$TMP/out" \
+  && ok "show --json has the audit entry" \
+  || { not_ok "show --json has the audit entry"; sed 's/^/# /' "$TMP/out"; }
+check "threshold review band" "$EAD" threshold --project "$P" set --review 0.5 --reason "second look"
+refuses "review band above the threshold" "review band" "$EAD" threshold --project "$P" set --review 0.9
+check "threshold show" "$EAD" threshold --project "$P"
+grep -q "line trial" "$TMP/out" && grep -q "second look" "$TMP/out" && ok "show lists the history" \
+  || not_ok "show lists the history"
+refuses "threshold suggest without scores" "nothing to suggest" "$EAD" threshold --project "$P" suggest
+refuses "threshold set with a bad number" "expected a number" "$EAD" threshold --project "$P" set abc
+check "runs" "$EAD" runs --project "$P"
+grep -q "no runs yet" "$TMP/out" && ok "runs: none yet" || not_ok "runs: none yet"
+check "runs --json" "$EAD" runs --project "$P" --json
+echo "not a database, just text that goes on for a while" > "$TMP/junk.ead"
+refuses "a file that is not a project" "not an EfficientAD project" "$EAD" runs --project "$TMP/junk.ead"
+refuses "no project here" "ead init" "$EAD" images --project "$TMP/batch"
+
+# teacher import: committed small checkpoints are refused properly; with PyTorch, a
+# full-size random teacher is imported and `ead train --teacher` accepts the bundle
+PTH=${EAD_TEST_FIXTURES}/pth
+check "ead teacher --help" "$EAD" teacher --help
+check "ead teacher import --help" "$EAD" teacher import --help
+grep -q -- "--model" "$TMP/out" && grep -q "restricted unpickler" "$TMP/out" \
+  && ok "teacher import --help names its options" || not_ok "teacher import --help names its options"
+refuses "teacher import needs --out" "--out BUNDLE" "$EAD" teacher import "$PTH/small.pth" --model s
+refuses "teacher import: a state_dict that is not a teacher" "not an EfficientAD PDN-small teacher" \
+  "$EAD" teacher import "$PTH/small.pth" --model s --out "$TMP/teacher.ead.safetensors"
+[ ! -e "$TMP/teacher.ead.safetensors" ] && ok "nothing written for a refused import" \
+  || not_ok "nothing written for a refused import"
+refuses "teacher import: a pickle calling os.system" "global 'os.system' is not allowed" \
+  "$EAD" teacher import "$PTH/hostile-os-system.pth" --model s --out "$TMP/teacher.ead.safetensors"
+refuses "teacher import: a whole pickled module" "save model.state_dict()" \
+  "$EAD" teacher import "$PTH/module.pth" --model s --out "$TMP/teacher.ead.safetensors"
+refuses "teacher import: the other size" "use --model m" \
+  "$EAD" teacher import "$PTH/tiny-m-anomalib.pth" --model s --out "$TMP/teacher.ead.safetensors"
+if /usr/bin/python3 -c "import torch" 2>/dev/null; then
+  /usr/bin/python3 "$EAD_TEST_FIXTURES/make-pth-fixtures.py" teacher s nelson "$TMP/teacher_small.pth"
+  check "teacher import of a PDN-S state_dict" "$EAD" teacher import "$TMP/teacher_small.pth" \
+    --model s --out "$TMP/teacher.ead.safetensors" --json
+  grep -q '"format" : "nelson"' "$TMP/out" && ok "teacher import --json names the format" \
+    || { not_ok "teacher import --json names the format"; sed 's/^/# /' "$TMP/out"; }
+  check "demo data for a teacher check" "$EAD" demo --scenes surface --train 12 --test-good 1 \
+    --test-defect 1 "$TMP/teacher-data"
+  check "ead train --teacher accepts the imported teacher" "$EAD" train --data "$TMP/teacher-data/surface" \
+    --steps 1 --threads 2 --checkpoint-every 0 --teacher "$TMP/teacher.ead.safetensors" \
+    --out "$TMP/trained.ead.safetensors"
+  check "info on the trained model" "$EAD" info "$TMP/trained.ead.safetensors"
+  grep -q "teacher_small.pth" "$TMP/out" && ok "the trained model names the imported teacher" \
+    || not_ok "the trained model names the imported teacher"
+else
+  echo "# /usr/bin/python3 without torch: full-size teacher import skipped"
+fi
+
 echo "1..$n"
 [ "$failed" -eq 0 ]

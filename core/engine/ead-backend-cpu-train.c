@@ -68,7 +68,6 @@ struct _EadTrainExec {
   dnnl_primitive_t reorder_out, reorder_diff_out;
   /* gradients flow through two buffers of the largest activation size */
   void *diff_buffer[2];
-  size_t diff_size;
   GPtrArray *memories;           /* every dnnl_memory_t, destroyed at free */
   GPtrArray *primitives;         /* every dnnl_primitive_t */
   GPtrArray *descriptions;
@@ -174,8 +173,6 @@ add_output (EadTrainExec *exec, Node *node, const dnnl_memory_desc_t *md, GError
   node->diff_dst = new_memory (exec, md, DNNL_MEMORY_NONE);
   node->diff_src = new_memory (exec, &node->src_md, DNNL_MEMORY_NONE);
   node->dst_elements = dnnl_memory_desc_get_size (md) / sizeof (float);
-  exec->diff_size = MAX (exec->diff_size, dnnl_memory_desc_get_size (md));
-  exec->diff_size = MAX (exec->diff_size, dnnl_memory_desc_get_size (&node->src_md));
   if (node->dst == NULL || node->diff_dst == NULL || node->diff_src == NULL)
     {
       g_set_error (error, EAD_ERROR, EAD_ERROR_BACKEND, "oneDNN: cannot create activation memory");
@@ -424,6 +421,34 @@ _ead_cpu_train_free (EadTrainExec *exec)
   g_free (exec);
 }
 
+/* The gradients alternate between two buffers as backward walks the nodes (see
+ * _ead_cpu_train_backward); each buffer is sized for the largest gradient it holds. */
+static void
+diff_buffer_sizes (EadTrainExec *exec, size_t sizes[2])
+{
+  int current = 0;
+
+  sizes[0] = sizes[1] = 0;
+  for (int i = exec->nodes->len - 1; i >= 0; i--)
+    {
+      Node *node = &g_array_index (exec->nodes, Node, i);
+      gboolean produces_input_gradient = node->backward_data != NULL
+                                         && (node->kind == NODE_CONV || node->kind == NODE_POOL
+                                             || node->kind == NODE_RESAMPLE);
+
+      if (node->kind == NODE_INPUT_REORDER)
+        break;
+      sizes[current] = MAX (sizes[current], dnnl_memory_desc_get_size (&node->dst_md));
+      if (node->kind == NODE_CONV && node->backward_data == NULL)
+        break;
+      if (produces_input_gradient)
+        {
+          current = 1 - current;
+          sizes[current] = MAX (sizes[current], dnnl_memory_desc_get_size (&node->src_md));
+        }
+    }
+}
+
 EadTrainExec *
 _ead_cpu_train_compile (EadBackend *backend,
                         EadNet *net,
@@ -568,8 +593,12 @@ _ead_cpu_train_compile (EadBackend *backend,
       _ead_cpu_train_free (exec);
       return NULL;
     }
-  exec->diff_buffer[0] = new_buffer (exec, exec->diff_size);
-  exec->diff_buffer[1] = new_buffer (exec, exec->diff_size);
+  {
+    size_t sizes[2];
+    diff_buffer_sizes (exec, sizes);
+    exec->diff_buffer[0] = new_buffer (exec, sizes[0]);
+    exec->diff_buffer[1] = new_buffer (exec, sizes[1]);
+  }
   return exec;
 }
 

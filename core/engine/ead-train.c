@@ -11,7 +11,7 @@
 #include "ead-error.h"
 #include "ead-stats.h"
 
-#define HISTORY_COLUMNS 5
+#define HISTORY_COLUMNS EAD_TRAIN_LOSSES
 
 struct _EadTrainer {
   EadTrainOptions options;
@@ -467,22 +467,15 @@ penalty_pass (EadTrainer *trainer, int step, float *loss_penalty, GError **error
   return backend->train_backward (trainer->student1, trainer->diff_p, error);
 }
 
+/* One step on given inputs: forward and backward passes, then (when apply) the Adam
+ * update with the learning rate of `step`. */
 static gboolean
-train_step (EadTrainer *trainer, int step, GError **error)
+step_on_inputs (EadTrainer *trainer, int step, guint64 dropout_seed, gboolean apply,
+                float losses_out[EAD_TRAIN_LOSSES], GError **error)
 {
   EadBackend *backend = trainer->backend;
-  const EadImage *image = train_image (trainer, image_of_step (trainer, step));
-  guint64 augment_key = step_key (trainer, "train.augment");
-  EadJitterKind kind = MIN ((int) (3.0f * ead_random_uniform (augment_key, 2 * (guint64) step)), 2);
-  float factor = 0.8f + 0.4f * ead_random_uniform (augment_key, 2 * (guint64) step + 1);
-  guint64 dropout_seed = ead_random_key (trainer->options.seed + (guint64) step, "train.dropout");
   float hard, ae, stae, pen = 0.0f;
-  float *history = trainer->history + (size_t) step * HISTORY_COLUMNS;
   double lr = learning_rate (trainer, step);
-
-  ead_image_to_input (image, trainer->inputs);
-  ead_color_jitter (image, kind, factor, trainer->augmented);
-  ead_image_to_input (trainer->augmented, trainer->inputs + trainer->input_size);
 
   if (!backend->forward (trainer->teacher2, trainer->inputs, trainer->t_out, error)
       || !backend->train_forward (trainer->student2, trainer->inputs, trainer->s_out, 0, error)
@@ -493,22 +486,64 @@ train_step (EadTrainer *trainer, int step, GError **error)
   if (!backend->train_backward (trainer->student2, trainer->diff_s, error)
       || !backend->train_backward (trainer->autoencoder, trainer->diff_a, error))
     return FALSE;
-  if (trainer->penalty != NULL && !penalty_pass (trainer, step, &pen, error))
+  if (trainer->penalty != NULL && apply && !penalty_pass (trainer, step, &pen, error))
     return FALSE;
 
+  losses_out[0] = hard + pen + ae + stae;
+  losses_out[1] = hard;
+  losses_out[2] = pen;
+  losses_out[3] = ae;
+  losses_out[4] = stae;
+  if (!apply)
+    return TRUE;
   adam_net (trainer->model->student, trainer->grad_student, trainer->m_student,
             trainer->v_student, lr, trainer->options.weight_decay, step + 1);
   adam_net (trainer->model->autoencoder, trainer->grad_ae, trainer->m_ae, trainer->v_ae, lr,
             trainer->options.weight_decay, step + 1);
   ead_net_zero (trainer->grad_student);
   ead_net_zero (trainer->grad_ae);
-
-  history[0] = hard + pen + ae + stae;
-  history[1] = hard;
-  history[2] = pen;
-  history[3] = ae;
-  history[4] = stae;
   return TRUE;
+}
+
+static gboolean
+train_step (EadTrainer *trainer, int step, GError **error)
+{
+  const EadImage *image = train_image (trainer, image_of_step (trainer, step));
+  guint64 augment_key = step_key (trainer, "train.augment");
+  EadJitterKind kind = MIN ((int) (3.0f * ead_random_uniform (augment_key, 2 * (guint64) step)), 2);
+  float factor = 0.8f + 0.4f * ead_random_uniform (augment_key, 2 * (guint64) step + 1);
+  guint64 dropout_seed = ead_random_key (trainer->options.seed + (guint64) step, "train.dropout");
+
+  ead_image_to_input (image, trainer->inputs);
+  ead_color_jitter (image, kind, factor, trainer->augmented);
+  ead_image_to_input (trainer->augmented, trainer->inputs + trainer->input_size);
+  return step_on_inputs (trainer, step, dropout_seed, TRUE,
+                         trainer->history + (size_t) step * HISTORY_COLUMNS, error);
+}
+
+gboolean
+ead_trainer_step_inputs (EadTrainer *trainer,
+                         const float *x,
+                         const float *x_augmented,
+                         guint64 dropout_seed,
+                         gboolean apply,
+                         float losses_out[EAD_TRAIN_LOSSES],
+                         GError **error)
+{
+  memcpy (trainer->inputs, x, trainer->input_size * sizeof (float));
+  memcpy (trainer->inputs + trainer->input_size, x_augmented, trainer->input_size * sizeof (float));
+  return step_on_inputs (trainer, 0, dropout_seed, apply, losses_out, error);
+}
+
+void
+ead_trainer_get_state (EadTrainer *trainer,
+                       EadModel **model,
+                       EadNet **grad_student,
+                       EadNet **grad_autoencoder)
+{
+  *model = trainer->model;
+  *grad_student = trainer->grad_student;
+  *grad_autoencoder = trainer->grad_ae;
 }
 
 /* Checkpoints: the trained weights, Adam's moments, the loss history and what the run
@@ -760,6 +795,19 @@ set_metadata (EadTrainer *trainer)
                        teacher_digest (trainer->model->teacher));
 }
 
+static void
+release_training_memory (EadTrainer *trainer)
+{
+  EadBackend *backend = trainer->backend;
+
+  g_clear_pointer (&trainer->teacher1, backend->exec_free);
+  g_clear_pointer (&trainer->teacher2, backend->exec_free);
+  g_clear_pointer (&trainer->student2, backend->train_free);
+  g_clear_pointer (&trainer->student1, backend->train_free);
+  g_clear_pointer (&trainer->autoencoder, backend->train_free);
+  ead_workspace_clear (&trainer->workspace);
+}
+
 EadModel *
 ead_trainer_run (EadTrainer *trainer,
                  EadTrainProgressFunc progress,
@@ -828,6 +876,8 @@ ead_trainer_run (EadTrainer *trainer,
         progress (&report, user_data);
     }
 
+  /* the validation pass builds its own detector: give the training memory back first */
+  release_training_memory (trainer);
   if (!map_quantiles (trainer, progress, user_data, start, error))
     return NULL;
   set_metadata (trainer);

@@ -72,7 +72,27 @@ EadModel *ead_trainer_run (EadTrainer *trainer,
                            const gint *cancel,
                            GError **error);
 
-/* Loss history so far: steps x 5 floats (total, hard, penalty, ae, stae). */
+/* Loss history so far: steps x EAD_TRAIN_LOSSES floats (total, hard, penalty, ae, stae). */
+#define EAD_TRAIN_LOSSES 5
 const float *ead_trainer_get_history (EadTrainer *trainer, int *steps);
+
+/* For tests and tools.  The model being trained (student and autoencoder change in
+ * place; teacher_mean/std may be set before stepping) and the gradient accumulators. */
+void ead_trainer_get_state (EadTrainer *trainer,
+                            EadModel **model,
+                            EadNet **grad_student,
+                            EadNet **grad_autoencoder);
+
+/* One training step on given inputs, x and its augmented copy (3 x H x W each,
+ * normalised), with the given dropout seed, without the penalty pass, at the learning
+ * rate of step 0.  With apply FALSE the gradients stay in the accumulators and nothing
+ * is updated (nor cleared: call ead_net_zero on them before the next step). */
+gboolean ead_trainer_step_inputs (EadTrainer *trainer,
+                                  const float *x,
+                                  const float *x_augmented,
+                                  guint64 dropout_seed,
+                                  gboolean apply,
+                                  float losses[EAD_TRAIN_LOSSES],
+                                  GError **error);
 
 G_END_DECLS

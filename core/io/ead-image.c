@@ -1161,20 +1161,17 @@ probe_png (ProbeSource *source,
                    source->name);
       return FALSE;
     }
-  if (png_crc32 (head + 12, 17) != load_be32 (head + 29))
-    {
-      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
-                   "%s: corrupt PNG data (IHDR: CRC error)", source->name);
-      return FALSE;
-    }
   w = load_be32 (head + 16);
   h = load_be32 (head + 20);
   bit_depth = head[24];
   colour_type = head[25];
-  if (w > PNG_UINT_31_MAX || h > PNG_UINT_31_MAX)
+  /* The size first, as load_png checks it: a huge size fails as such. */
+  if (!check_size (source->name, w, h, EAD_IMAGE_DEFAULT_MAX_PIXELS, error))
+    return FALSE;
+  if (png_crc32 (head + 12, 17) != load_be32 (head + 29))
     {
       g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
-                   "%s: corrupt PNG data (IHDR: invalid size %ux%u)", source->name, w, h);
+                   "%s: corrupt PNG data (IHDR: CRC error)", source->name);
       return FALSE;
     }
   if (!png_depth_is_valid (colour_type, bit_depth) || head[26] != 0 || head[27] != 0
@@ -1186,8 +1183,6 @@ probe_png (ProbeSource *source,
                    colour_type, head[26], head[27], head[28]);
       return FALSE;
     }
-  if (!check_size (source->name, w, h, EAD_IMAGE_DEFAULT_MAX_PIXELS, error))
-    return FALSE;
   if (!probe_tail_has (source, iend, sizeof iend, &complete, error))
     return FALSE;
   if (!complete)

@@ -3,9 +3,9 @@
  * The folder is walked recursively.  A folder in the MVTec AD layout (train/good and
  * test/ below it) is one category, imported as an image set of its own:
  *
- *   train/good/*, validation/good/*, test/good/*   good, split train/validation/test
- *   train|validation|test/<kind>/*                 defect of that kind, same splits
- *   ground_truth/<kind>/<name>_mask.png            the mask of <split>/<kind>/<name>.*
+ *   train/good/, validation/good/, test/good/   good, split train/validation/test
+ *   train|validation|test/<kind>/               defect of that kind, same splits
+ *   ground_truth/<kind>/<name>_mask.png         the mask of <split>/<kind>/<name>.<ext>
  *
  * Every other file is imported as an unlabelled image without a split, in a set named
  * after the folder given.  Hidden files and folders (a leading dot), symbolic links to

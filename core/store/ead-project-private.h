@@ -38,10 +38,12 @@ gboolean _ead_project_exec (EadProject *project,
 
 /* One writing transaction: BEGIN IMMEDIATE takes the write lock at once (waiting for
  * another writer up to the busy timeout), so a transaction never fails half-way because
- * a reader became a writer.  On any failure call _ead_project_rollback. */
+ * a reader became a writer.  On any failure call _ead_project_abort, which rolls back
+ * and adds to an I/O error that nothing of the transaction was saved, so that a person
+ * reading "disk full" knows what state the project is in. */
 gboolean _ead_project_begin (EadProject *project, GError **error);
 gboolean _ead_project_commit (EadProject *project, GError **error);
-void _ead_project_rollback (EadProject *project);
+void _ead_project_abort (EadProject *project, GError **error);
 
 /* Binds a text that may be NULL. */
 void _ead_bind_text_or_null (sqlite3_stmt *stmt, int index, const char *text);

@@ -310,21 +310,35 @@ _ead_project_begin (EadProject *project, GError **error)
 gboolean
 _ead_project_commit (EadProject *project, GError **error)
 {
-  if (!exec_simple (project, "COMMIT", "cannot save the change; nothing of it was saved",
-                    error))
+  if (!exec_simple (project, "COMMIT", "cannot save the change", error))
     {
-      _ead_project_rollback (project);
+      _ead_project_abort (project, error);
       return FALSE;
     }
   return TRUE;
 }
 
-void
-_ead_project_rollback (EadProject *project)
+static void
+rollback (EadProject *project)
 {
   /* SQLite rolls back by itself after some errors (a full disk among them). */
   if (!sqlite3_get_autocommit (project->db))
     sqlite3_exec (project->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+void
+_ead_project_abort (EadProject *project, GError **error)
+{
+  rollback (project);
+  if (error != NULL && *error != NULL && (*error)->domain == EAD_ERROR
+      && (*error)->code == EAD_ERROR_IO)
+    {
+      char *message = g_strconcat ((*error)->message, "; nothing of this change was saved, "
+                                   "what was saved before is intact", NULL);
+
+      g_free ((*error)->message);
+      (*error)->message = message;
+    }
 }
 
 /* The usual end of a writing function: commit when ok, roll back otherwise. */
@@ -333,7 +347,7 @@ finish_transaction (EadProject *project, gboolean ok, GError **error)
 {
   if (!ok)
     {
-      _ead_project_rollback (project);
+      _ead_project_abort (project, error);
       return FALSE;
     }
   return _ead_project_commit (project, error);
@@ -457,7 +471,7 @@ query_int (sqlite3 *db, const char *path, const char *sql, int *value, GError **
     rc = sqlite3_step (stmt);
   if (rc != SQLITE_ROW)
     {
-      _ead_store_set_error (error, db, rc, path, "cannot read the project");
+      _ead_store_set_error (error, db, rc, path, "cannot open the project");
       sqlite3_finalize (stmt);
       return FALSE;
     }
@@ -1020,6 +1034,54 @@ ead_project_delete_images (EadProject *project, const gint64 *ids, guint n, GErr
   return finish_transaction (project, ok, error);
 }
 
+void
+ead_project_image_set_free (EadProjectImageSet *set)
+{
+  if (set == NULL)
+    return;
+  g_free (set->path);
+  g_free (set->name);
+  g_free (set->layout);
+  g_free (set);
+}
+
+GPtrArray *
+ead_project_list_image_sets (EadProject *project, GError **error)
+{
+  g_autoptr (GPtrArray) sets = g_ptr_array_new_with_free_func (
+    (GDestroyNotify) ead_project_image_set_free);
+  sqlite3_stmt *stmt;
+  int rc;
+
+  g_return_val_if_fail (project != NULL, NULL);
+
+  stmt = _ead_project_prepare (project,
+    "SELECT s.id, s.path, s.name, s.layout, s.imported_at, "
+    "(SELECT count(*) FROM images i WHERE i.set_id = s.id) FROM image_sets s ORDER BY s.id",
+    error);
+  if (stmt == NULL)
+    return NULL;
+  while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
+    {
+      EadProjectImageSet *set = g_new0 (EadProjectImageSet, 1);
+
+      set->id = sqlite3_column_int64 (stmt, 0);
+      set->path = _ead_column_dup (stmt, 1);
+      set->name = _ead_column_dup (stmt, 2);
+      set->layout = _ead_column_dup (stmt, 3);
+      set->imported_at = sqlite3_column_int64 (stmt, 4);
+      set->n_images = (guint64) sqlite3_column_int64 (stmt, 5);
+      g_ptr_array_add (sets, set);
+    }
+  sqlite3_reset (stmt);
+  if (rc != SQLITE_DONE)
+    {
+      _ead_store_set_error (error, project->db, rc, project->path, "cannot list the image sets");
+      return NULL;
+    }
+  return g_steal_pointer (&sets);
+}
+
 /* Models */
 
 #define MODEL_COLUMNS \
@@ -1133,7 +1195,7 @@ ead_project_add_model (EadProject *project,
         {
           g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
                        "%s: the bundle %s is registered already, as model %" G_GINT64_FORMAT,
-                       project->path, stored, sqlite3_column_int64 (stmt, 0));
+                       project->path, stored, (gint64) sqlite3_column_int64 (stmt, 0));
           ok = FALSE;
         }
       else if (rc != SQLITE_DONE)
@@ -1407,8 +1469,8 @@ ead_project_training_run_add_progress (EadProject *project,
   for (guint i = 0; i < n && ok; i++)
     {
       stmt = _ead_project_prepare (project,
-        "INSERT OR REPLACE INTO training_metrics (run_id, step, loss, loss_st, loss_ae, "
-        "loss_stae, elapsed_s) VALUES (?, ?, ?, ?, ?, ?, ?)", error);
+        "INSERT OR REPLACE INTO training_metrics (run_id, step, loss_total, loss_hard, "
+        "loss_penalty, loss_ae, loss_stae, elapsed_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", error);
       ok = stmt != NULL;
       if (ok)
         {
@@ -1416,11 +1478,12 @@ ead_project_training_run_add_progress (EadProject *project,
           sqlite3_bind_int64 (stmt, 2, (gint64) MIN (metrics[i].step, (guint64) G_MAXINT64));
           /* A diverged loss is NaN, which SQLite stores as NULL and the NOT NULL
            * constraint refuses with a message that says so. */
-          sqlite3_bind_double (stmt, 3, metrics[i].loss);
-          sqlite3_bind_double (stmt, 4, metrics[i].loss_st);
-          sqlite3_bind_double (stmt, 5, metrics[i].loss_ae);
-          sqlite3_bind_double (stmt, 6, metrics[i].loss_stae);
-          sqlite3_bind_double (stmt, 7, metrics[i].elapsed_s);
+          sqlite3_bind_double (stmt, 3, metrics[i].loss_total);
+          sqlite3_bind_double (stmt, 4, metrics[i].loss_hard);
+          sqlite3_bind_double (stmt, 5, metrics[i].loss_penalty);
+          sqlite3_bind_double (stmt, 6, metrics[i].loss_ae);
+          sqlite3_bind_double (stmt, 7, metrics[i].loss_stae);
+          sqlite3_bind_double (stmt, 8, metrics[i].elapsed_s);
           ok = _ead_project_exec (project, stmt, "cannot store the training metrics", error);
         }
     }
@@ -1505,8 +1568,8 @@ ead_project_training_run_metrics (EadProject *project, gint64 run_id, GError **e
   g_return_val_if_fail (project != NULL, NULL);
 
   stmt = _ead_project_prepare (project,
-    "SELECT step, loss, loss_st, loss_ae, loss_stae, elapsed_s FROM training_metrics "
-    "WHERE run_id = ? ORDER BY step", error);
+    "SELECT step, loss_total, loss_hard, loss_penalty, loss_ae, loss_stae, elapsed_s "
+    "FROM training_metrics WHERE run_id = ? ORDER BY step", error);
   if (stmt == NULL)
     return NULL;
   sqlite3_bind_int64 (stmt, 1, run_id);
@@ -1514,11 +1577,12 @@ ead_project_training_run_metrics (EadProject *project, gint64 run_id, GError **e
     {
       EadTrainingMetric metric = {
         .step = (guint64) sqlite3_column_int64 (stmt, 0),
-        .loss = sqlite3_column_double (stmt, 1),
-        .loss_st = sqlite3_column_double (stmt, 2),
-        .loss_ae = sqlite3_column_double (stmt, 3),
-        .loss_stae = sqlite3_column_double (stmt, 4),
-        .elapsed_s = sqlite3_column_double (stmt, 5),
+        .loss_total = sqlite3_column_double (stmt, 1),
+        .loss_hard = sqlite3_column_double (stmt, 2),
+        .loss_penalty = sqlite3_column_double (stmt, 3),
+        .loss_ae = sqlite3_column_double (stmt, 4),
+        .loss_stae = sqlite3_column_double (stmt, 5),
+        .elapsed_s = sqlite3_column_double (stmt, 6),
       };
 
       g_array_append_val (metrics, metric);

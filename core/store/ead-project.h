@@ -119,6 +119,20 @@ typedef struct {
 void ead_project_image_free (EadProjectImage *image);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (EadProjectImage, ead_project_image_free)
 
+/* An imported folder; an MVTec AD category is a set of its own. */
+typedef struct {
+  gint64 id;
+  char *path;          /* as stored */
+  char *name;          /* the folder's name */
+  char *layout;        /* "mvtec", "folder" */
+  guint64 n_images;    /* missing ones included */
+  gint64 imported_at;  /* the last import */
+} EadProjectImageSet;
+
+void ead_project_image_set_free (EadProjectImageSet *set);
+/* Every image set, by id.  Array of EadProjectImageSet. */
+GPtrArray *ead_project_list_image_sets (EadProject *project, GError **error);
+
 /* Which images a listing, a count or an inference run covers.  -1 means any. */
 typedef struct {
   int label;       /* an EadLabel, or -1 */
@@ -199,7 +213,7 @@ gboolean ead_project_delete_images (EadProject *project,
 /* Models */
 
 /* The bundle metadata key whose value is stored as the model's dataset snapshot. */
-#define EAD_PROJECT_DATASET_SNAPSHOT_KEY "ead.training.dataset"
+#define EAD_PROJECT_DATASET_SNAPSHOT_KEY "ead.train.dataset.snapshot"
 
 typedef struct {
   gint64 id;
@@ -237,13 +251,15 @@ gboolean ead_project_set_model_metrics (EadProject *project,
 
 /* Training runs */
 
+/* One step's losses, as the trainer reports them (EadTrainProgress). */
 typedef struct {
   guint64 step;
-  double loss;        /* the total the optimiser sees */
-  double loss_st;     /* student-teacher (hard feature loss plus penalty) */
-  double loss_ae;     /* autoencoder */
-  double loss_stae;   /* student-autoencoder */
-  double elapsed_s;   /* since the run started */
+  double loss_total;    /* what the optimiser minimises */
+  double loss_hard;     /* student-teacher hard feature loss */
+  double loss_penalty;  /* penalty on general images */
+  double loss_ae;       /* autoencoder */
+  double loss_stae;     /* student-autoencoder */
+  double elapsed_s;     /* since the run started */
 } EadTrainingMetric;
 
 /* A queued run of steps steps with its parameters (a JSON text, checked). */

@@ -98,8 +98,9 @@ static const EadSchemaStep schema_steps[] = {
     "CREATE TABLE training_metrics (\n"
     "  run_id INTEGER NOT NULL REFERENCES training_runs (id) ON DELETE CASCADE,\n"
     "  step INTEGER NOT NULL CHECK (step >= 0),\n"
-    "  loss REAL NOT NULL,\n"
-    "  loss_st REAL NOT NULL,\n"
+    "  loss_total REAL NOT NULL,\n"
+    "  loss_hard REAL NOT NULL,\n"
+    "  loss_penalty REAL NOT NULL,\n"
     "  loss_ae REAL NOT NULL,\n"
     "  loss_stae REAL NOT NULL,\n"
     "  elapsed_s REAL NOT NULL,\n"
@@ -138,7 +139,9 @@ static const EadSchemaStep schema_steps[] = {
     ") STRICT;\n"
     "CREATE INDEX results_run ON results (run_id, model_id);\n"
     "CREATE INDEX results_image ON results (image_id);\n"
-    "CREATE INDEX results_model_score ON results (model_id, score, image_id);\n"
+    /* Covers the score queries, in image order so that the join reads the images
+     * table front to back instead of jumping around it (ten times faster at 100,000). */
+    "CREATE INDEX results_model_image_score ON results (model_id, image_id, score);\n"
 
     /* The low-resolution normalised map of a result: width * height IEEE half floats,
      * little-endian, row-major.  Kept apart from the scores so that score queries never

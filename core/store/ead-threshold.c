@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "ead-error.h"
+#include "ead-metrics.h"
 #include "ead-project-private.h"
 
 const char *
@@ -180,56 +181,62 @@ ead_score_table_histogram (const EadScoreTable *table,
       }
 }
 
-/* The best-F1 threshold over ascending good and defect scores (at least one defect):
- * every distinct score is tried as the lowest failing one, from the top down. */
-static void
+/* The largest of the ascending values below x, or NAN. */
+static double
+largest_below (const double *values, guint n, double x)
+{
+  guint below = count_below (values, n, x);
+
+  return below > 0 ? values[below - 1] : NAN;
+}
+
+/* The best-F1 threshold over ascending good and defect scores (at least one defect), by
+ * ead_metric_f1_max so that the F1 shown next to a threshold is the one `ead eval`
+ * reports.  Scores come from float maps, so the float copies are exact. */
+static gboolean
 suggest_f1 (const double *good,
             guint n_good,
             const double *defect,
             guint n_defect,
-            EadThresholdSuggestion *suggestion)
+            EadThresholdSuggestion *suggestion,
+            GError **error)
 {
-  guint gi = n_good, di = n_defect;  /* the scores at indices >= gi, di fail */
-  double best_f1 = -1.0, best_score = 0.0, best_next = NAN;
+  size_t n = (size_t) n_good + n_defect;
+  g_autofree float *scores = g_new (float, n);
+  g_autofree guint8 *labels = g_new (guint8, n);
+  double next_good, next_defect, next, lowest_failing;
+  float tau;
 
-  while (gi > 0 || di > 0)
+  for (guint i = 0; i < n_good; i++)
     {
-      double score = gi == 0 ? defect[di - 1]
-                     : di == 0 ? good[gi - 1]
-                     : MAX (good[gi - 1], defect[di - 1]);
-      double f1, next;
-      guint tp, fp;
-
-      while (gi > 0 && good[gi - 1] >= score)
-        gi--;
-      while (di > 0 && defect[di - 1] >= score)
-        di--;
-      tp = n_defect - di;
-      fp = n_good - gi;
-      f1 = 2.0 * tp / (2.0 * tp + fp + (n_defect - tp));
-      next = gi == 0 && di == 0 ? NAN
-             : gi == 0 ? defect[di - 1]
-             : di == 0 ? good[gi - 1]
-             : MAX (good[gi - 1], defect[di - 1]);
-      if (f1 > best_f1)
-        {
-          best_f1 = f1;
-          best_score = score;
-          best_next = next;
-        }
+      scores[i] = (float) good[i];
+      labels[i] = 0;
     }
-  suggestion->method = EAD_SUGGEST_F1;
-  suggestion->f1 = best_f1;
-  suggestion->threshold = best_score;
-  /* Halfway to the next lower score, so that a new image a little below the lowest
-   * failing one is judged as its neighbours are; the same counts either way. */
-  if (!isnan (best_next))
+  for (guint i = 0; i < n_defect; i++)
     {
-      double middle = best_next + (best_score - best_next) / 2.0;
+      scores[n_good + i] = (float) defect[i];
+      labels[n_good + i] = 1;
+    }
+  suggestion->f1 = ead_metric_f1_max (scores, labels, n, &tau, error);
+  if (isnan (suggestion->f1))
+    return FALSE;
+  suggestion->method = EAD_SUGGEST_F1;
+  lowest_failing = tau;
+  suggestion->threshold = lowest_failing;
+  /* Halfway down to the next lower score, so that a new image a little below the lowest
+   * failing one is judged as its neighbours are; the counts are the same either way. */
+  next_good = largest_below (good, n_good, lowest_failing);
+  next_defect = largest_below (defect, n_defect, lowest_failing);
+  next = isnan (next_good) ? next_defect
+         : isnan (next_defect) ? next_good : MAX (next_good, next_defect);
+  if (!isnan (next))
+    {
+      double middle = next + (lowest_failing - next) / 2.0;
 
-      if (middle > best_next && middle <= best_score)
+      if (middle > next && middle <= lowest_failing)
         suggestion->threshold = middle;
     }
+  return TRUE;
 }
 
 static void
@@ -260,11 +267,10 @@ ead_score_table_suggest (const EadScoreTable *table,
   memset (suggestion, 0, sizeof *suggestion);
   if (n_defect > 0)
     {
-      suggest_f1 (table->held_out[EAD_LABEL_GOOD], n_good, table->held_out[EAD_LABEL_DEFECT],
-                  n_defect, suggestion);
       suggestion->n_good = n_good;
       suggestion->n_defect = n_defect;
-      return TRUE;
+      return suggest_f1 (table->held_out[EAD_LABEL_GOOD], n_good,
+                         table->held_out[EAD_LABEL_DEFECT], n_defect, suggestion, error);
     }
   if (n_good > 0)
     {
@@ -541,7 +547,7 @@ change_threshold (EadProject *project,
                               user, reason, error);
   if (!ok)
     {
-      _ead_project_rollback (project);
+      _ead_project_abort (project, error);
       return FALSE;
     }
   return _ead_project_commit (project, error);

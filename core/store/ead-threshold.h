@@ -47,8 +47,10 @@ typedef struct {
   gint64 id;
   gint64 model_id;
   char *kind;             /* "suggested", "set", "accept", "review" */
-  double old_value;       /* NAN for none */
-  double new_value;       /* NAN for none (a review band removed) */
+  /* set and accept: the threshold in force before and after; suggested: the previous
+   * and the new suggestion; review: the band's edge.  NAN for none. */
+  double old_value;
+  double new_value;
   char *user;
   char *reason;           /* may be NULL */
   gint64 at;              /* microseconds since the Unix epoch */
@@ -157,11 +159,11 @@ void ead_score_table_histogram (const EadScoreTable *table,
 
 /* The suggested threshold.  Uses the labelled images outside the training split (the
  * ones the model did not learn from).  With defects among them: the threshold of best
- * F1, placed halfway between the lowest failing score and the next lower score, ties
- * going to the higher threshold.  Without: the highest good score (of those images, or
- * of every good image when none is outside the training split) plus
- * EAD_THRESHOLD_GOOD_MARGIN of the good scores' range.  EAD_ERROR_INVALID when there is
- * no labelled score to go by. */
+ * F1 (ead_metric_f1_max, which takes the lowest of equally good thresholds), placed
+ * halfway between the lowest failing score and the next lower score.  Without: the
+ * highest good score (of those images, or of every good image when none is outside the
+ * training split) plus EAD_THRESHOLD_GOOD_MARGIN of the good scores' range.
+ * EAD_ERROR_INVALID when there is no labelled score to go by. */
 gboolean ead_score_table_suggest (const EadScoreTable *table,
                                   EadThresholdSuggestion *suggestion,
                                   GError **error);

@@ -1,0 +1,148 @@
+#!/bin/sh
+# End-to-end reliability of `ead train`: a run killed with SIGKILL, resumed, interrupted
+# with SIGINT (exit 130, checkpoint written) and resumed again writes the same bundle, byte
+# for byte, as an uninterrupted run; an unreadable image is reported by name and skipped
+# (or refused with --strict); an empty folder, too few images and a too small network
+# input are refused with a clear message, exit code 1 or 2, and no GLib warning.
+# Output: TAP.
+set -u
+EAD=$1
+TMP=$(mktemp -d)
+pid=
+trap '[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$TMP"' EXIT
+
+n=0
+failed=0
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; }
+show() { sed 's/^/# /' "$1"; }
+# glib_clean FILE: no GLib critical or warning (an internal error, not a message for users)
+glib_clean() { ! grep -q -e "-CRITICAL" -e "-WARNING" -e "GLib" "$1"; }
+check() { # check DESCRIPTION COMMAND...: passes when the command succeeds
+  desc=$1; shift
+  if "$@" >"$TMP/out" 2>"$TMP/err" && glib_clean "$TMP/err"; then ok "$desc"; else not_ok "$desc"; show "$TMP/err"; fi
+}
+# refuses DESCRIPTION NEEDLE COMMAND...: the command must exit 1 or 2 (not crash) and
+# print NEEDLE on stderr
+refuses() {
+  desc=$1; needle=$2; shift 2
+  "$@" >"$TMP/out" 2>"$TMP/err"
+  code=$?
+  if [ "$code" -ge 1 ] && [ "$code" -le 2 ] && grep -q -- "$needle" "$TMP/err" && glib_clean "$TMP/err"; then
+    ok "$desc"
+  else
+    not_ok "$desc (exit $code)"
+    show "$TMP/err"
+  fi
+}
+# The step a checkpoint holds, from its safetensors header ("" when there is none).
+checkpoint_step() {
+  [ -f "$1" ] || return 0
+  head -c 65536 "$1" | tr -d ' \n' | grep -ao '"ead.checkpoint.step":"[0-9]*"' | tr -dc '0-9'
+}
+# wait_step FILE MIN: waits (up to 3 minutes) until checkpoint FILE holds a step >= MIN
+wait_step() {
+  tries=0
+  while [ "$tries" -lt 900 ]; do
+    step=$(checkpoint_step "$1")
+    if [ -n "$step" ] && [ "$step" -ge "$2" ]; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.2
+    tries=$((tries + 1))
+  done
+  return 1
+}
+
+check "demo dataset" "$EAD" demo --scenes surface --train 14 --test-good 2 --test-defect 1 "$TMP/demo"
+DATA=$TMP/demo/surface
+set -- "$EAD" train --data "$DATA" --steps 12 --checkpoint-every 4 --threads 2 --log-every 1
+A=$TMP/a.ead.safetensors
+B=$TMP/b.ead.safetensors
+
+# A: uninterrupted
+check "uninterrupted training" "$@" --out "$A"
+[ -s "$A" ] && [ ! -e "$A.checkpoint" ] && ok "bundle written, checkpoint removed" \
+  || not_ok "bundle written, checkpoint removed"
+
+# B: killed with SIGKILL once a checkpoint exists ...
+"$@" --out "$B" >"$TMP/b1.out" 2>"$TMP/b1.err" &
+pid=$!
+if wait_step "$B.checkpoint" 4; then
+  kill -9 "$pid"
+  wait "$pid"
+  code=$?
+  killed_at=$(checkpoint_step "$B.checkpoint")
+  [ "$code" -eq 137 ] && [ ! -e "$B" ] && ok "killed with SIGKILL after the checkpoint of step $killed_at" \
+    || not_ok "killed with SIGKILL (exit $code)"
+else
+  wait "$pid"
+  killed_at=0
+  not_ok "a checkpoint appears within 3 minutes"
+  show "$TMP/b1.err"
+fi
+pid=
+
+# ... resumed, and interrupted with SIGINT after a later checkpoint ...
+"$@" --out "$B" --resume >"$TMP/b2.out" 2>"$TMP/b2.err" &
+pid=$!
+if wait_step "$B.checkpoint" $((killed_at + 4)); then
+  kill -INT "$pid"
+  wait "$pid"
+  code=$?
+  if [ "$code" -eq 130 ] && grep -q "continue with --resume" "$TMP/b2.err" && glib_clean "$TMP/b2.err"; then
+    ok "SIGINT exits 130 and says how to continue"
+  else
+    not_ok "SIGINT exits 130 and says how to continue (exit $code)"
+    show "$TMP/b2.err"
+  fi
+  step=$(checkpoint_step "$B.checkpoint")
+  [ -n "$step" ] && [ "$step" -ge $((killed_at + 4)) ] && [ "$step" -lt 12 ] && [ ! -e "$B" ] \
+    && ok "SIGINT left a checkpoint (step $step)" || not_ok "SIGINT left a checkpoint (step $step)"
+else
+  wait "$pid"
+  not_ok "the resumed run writes a checkpoint past step $((killed_at + 4))"
+  show "$TMP/b2.err"
+fi
+pid=
+
+# ... and resumed to the end
+check "resumed to the end" "$@" --out "$B" --resume
+[ ! -e "$B.checkpoint" ] && ok "checkpoint removed at the end" || not_ok "checkpoint removed at the end"
+if cmp "$A" "$B" >"$TMP/cmp" 2>&1; then
+  ok "killed, interrupted and resumed: the same bundle as uninterrupted"
+else
+  not_ok "killed, interrupted and resumed: the same bundle as uninterrupted"
+  show "$TMP/cmp"
+fi
+
+# an unreadable image: reported by name, skipped; refused with --strict
+mkdir "$TMP/corrupt"
+cp "$DATA"/train/good/*.png "$TMP/corrupt/"
+printf 'not a PNG at all, just some text that pretends to be one\n' >"$TMP/corrupt/zz-broken.png"
+"$EAD" train --data "$TMP/corrupt" --steps 1 --threads 2 --checkpoint-every 0 \
+  --out "$TMP/c.ead.safetensors" >"$TMP/out" 2>"$TMP/err"
+code=$?
+if [ "$code" -eq 0 ] && [ -s "$TMP/c.ead.safetensors" ] && grep -q "skipped .*zz-broken.png" "$TMP/err" \
+  && glib_clean "$TMP/err"; then
+  ok "a corrupt image is reported by name and skipped"
+else
+  not_ok "a corrupt image is reported by name and skipped (exit $code)"
+  show "$TMP/err"
+fi
+refuses "--strict refuses a corrupt image by name" "zz-broken.png" \
+  "$EAD" train --data "$TMP/corrupt" --strict --steps 1 --threads 2 --out "$TMP/d.ead.safetensors"
+
+# too little data, too small an input
+mkdir "$TMP/empty" "$TMP/nine"
+# shellcheck disable=SC2046
+cp $(ls "$DATA"/train/good/*.png | head -n 9) "$TMP/nine/"
+refuses "an empty folder" "no images" \
+  "$EAD" train --data "$TMP/empty" --steps 1 --threads 2 --out "$TMP/e.ead.safetensors"
+refuses "9 images" "9 readable images; training needs at least 10" \
+  "$EAD" train --data "$TMP/nine" --steps 1 --threads 2 --out "$TMP/e.ead.safetensors"
+refuses "--input-size 128" "input-size 128" \
+  "$EAD" train --data "$DATA" --input-size 128 --steps 1 --threads 2 --out "$TMP/e.ead.safetensors"
+[ ! -e "$TMP/e.ead.safetensors" ] && ok "no bundle from a refused run" || not_ok "no bundle from a refused run"
+
+echo "1..$n"
+[ "$failed" -eq 0 ]
