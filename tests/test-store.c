@@ -77,7 +77,7 @@ write_fake_bundle (const char *name)
   const char *json = "{\"__metadata__\":{\"ead.format_version\":\"1\","
                      "\"ead.arch\":\"efficientad-s\",\"ead.input.height\":\"256\","
                      "\"ead.input.width\":\"256\",\"ead.teacher.source\":\"test teacher\","
-                     "\"ead.training.dataset\":\"snapshot-1\"}}";
+                     "\"ead.train.dataset.snapshot\":\"snapshot-1\"}}";
   size_t n = (strlen (json) + 7) / 8 * 8;
   g_autofree guint8 *data = g_malloc (8 + n);
   g_autoptr (GError) error = NULL;
