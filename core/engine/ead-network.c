@@ -173,6 +173,22 @@ ead_net_copy (const EadNet *net)
   return copy;
 }
 
+char *
+ead_net_digest (const EadNet *net)
+{
+  g_autoptr (GChecksum) checksum = g_checksum_new (G_CHECKSUM_SHA256);
+
+  for (int i = 0; i < net->n_layers; i++)
+    if (net->layers[i].kind == EAD_LAYER_CONV)
+      {
+        g_checksum_update (checksum, (const guchar *) net->weight[i],
+                           ead_layer_weight_count (&net->layers[i]) * sizeof (float));
+        g_checksum_update (checksum, (const guchar *) net->bias[i],
+                           net->layers[i].out_channels * sizeof (float));
+      }
+  return g_strdup (g_checksum_get_string (checksum));
+}
+
 void
 ead_net_zero (EadNet *net)
 {

@@ -67,6 +67,9 @@ EadNet *ead_net_new_single (const EadLayer *layer);
 
 /* A deep copy (weights included). */
 EadNet *ead_net_copy (const EadNet *net);
+/* SHA-256 (hex) of the float32 weights and biases of the conv entries in layer order:
+ * the identity of a teacher recorded as ead.teacher.sha256. */
+char *ead_net_digest (const EadNet *net);
 /* Sets every weight and bias to zero (gradients, optimiser moments). */
 void ead_net_zero (EadNet *net);
 

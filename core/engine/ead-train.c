@@ -591,27 +591,11 @@ read_net (EadSafetensors *file, const char *prefix, EadNet *net, GError **error)
   return TRUE;
 }
 
-static char *
-teacher_digest (const EadNet *teacher)
-{
-  g_autoptr (GChecksum) checksum = g_checksum_new (G_CHECKSUM_SHA256);
-
-  for (int i = 0; i < teacher->n_layers; i++)
-    if (teacher->layers[i].kind == EAD_LAYER_CONV)
-      {
-        g_checksum_update (checksum, (const guchar *) teacher->weight[i],
-                           ead_layer_weight_count (&teacher->layers[i]) * sizeof (float));
-        g_checksum_update (checksum, (const guchar *) teacher->bias[i],
-                           teacher->layers[i].out_channels * sizeof (float));
-      }
-  return g_strdup (g_checksum_get_string (checksum));
-}
-
 /* The identity of a run: a checkpoint from a different one must not be resumed. */
 static char *
 run_identity (const EadTrainer *trainer)
 {
-  g_autofree char *teacher = teacher_digest (trainer->model->teacher);
+  g_autofree char *teacher = ead_net_digest (trainer->model->teacher);
 
   return g_strdup_printf ("%s seed=%" G_GUINT64_FORMAT " steps=%d input=%dx%d data=%s "
                           "penalty=%s teacher=%s lr=%.17g wd=%.17g",
@@ -792,7 +776,7 @@ set_metadata (EadTrainer *trainer)
   SET ("ead.teacher.source", "%s", trainer->teacher_source);
 #undef SET
   g_hash_table_insert (metadata, g_strdup ("ead.teacher.sha256"),
-                       teacher_digest (trainer->model->teacher));
+                       ead_net_digest (trainer->model->teacher));
 }
 
 static void

@@ -234,24 +234,6 @@ file_sha256 (const char *path, GError **error)
   return g_strdup (g_checksum_get_string (checksum));
 }
 
-/* The digest ead train records as ead.teacher.sha256 (ead-train.c): the float32 weights
- * and biases of the conv entries in layer order, as stored in memory. */
-static char *
-weights_sha256 (const EadNet *teacher)
-{
-  g_autoptr (GChecksum) checksum = g_checksum_new (G_CHECKSUM_SHA256);
-
-  for (int i = 0; i < teacher->n_layers; i++)
-    if (teacher->layers[i].kind == EAD_LAYER_CONV)
-      {
-        g_checksum_update (checksum, (const guchar *) teacher->weight[i],
-                           ead_layer_weight_count (&teacher->layers[i]) * sizeof (float));
-        g_checksum_update (checksum, (const guchar *) teacher->bias[i],
-                           teacher->layers[i].out_channels * sizeof (float));
-      }
-  return g_strdup (g_checksum_get_string (checksum));
-}
-
 /* The element types stored, in order of first appearance: "float16", "float32,float16". */
 static char *
 stored_dtypes (const EadTorchCheckpoint *checkpoint)
@@ -328,7 +310,7 @@ ead_teacher_import (const char *path, EadArch arch, GError **error)
   g_hash_table_insert (model->metadata, g_strdup ("ead.teacher.file_sha256"),
                        g_steal_pointer (&digest));
   g_hash_table_insert (model->metadata, g_strdup ("ead.teacher.sha256"),
-                       weights_sha256 (teacher));
+                       ead_net_digest (teacher));
   g_hash_table_insert (model->metadata, g_strdup ("ead.teacher.format"),
                        g_strdup (ead_teacher_format_name (format)));
   g_hash_table_insert (model->metadata, g_strdup ("ead.teacher.dtype"),
