@@ -54,5 +54,22 @@ int ead_cmd_models (int argc, char **argv);
 int ead_cmd_threshold (int argc, char **argv);
 int ead_cmd_runs (int argc, char **argv);
 int ead_cmd_teacher (int argc, char **argv);
+int ead_cmd_report (int argc, char **argv);
+
+/* What `ead infer --project` was given; the store mode of ead infer
+ * (ead-cmd-infer-project.c).  Returns the exit code. */
+typedef struct {
+  const char *project;
+  const char *model;   /* a bundle, or a model id; NULL: the latest model */
+  const char *label;   /* NULL: any */
+  const char *split;   /* NULL: any */
+  const char *folder;  /* NULL: the whole project */
+  int batch;
+  int threads;
+  const char *device;
+  gboolean json;
+} EadInferProjectArgs;
+
+int ead_infer_project (const EadInferProjectArgs *args);
 
 G_END_DECLS

@@ -1,4 +1,5 @@
-/* ead infer --model BUNDLE IMAGE...: scores and heatmaps for single images. */
+/* ead infer --model BUNDLE IMAGE...: scores and heatmaps for single images; with
+ * --project, an inference run over a project's images (ead-cmd-infer-project.c). */
 #include "config.h"
 
 #include <errno.h>
@@ -154,10 +155,25 @@ ead_cmd_infer (int argc, char **argv)
   g_autofree char *maps_dir = NULL;
   g_autofree char *device = NULL;
   g_autofree char *range = NULL;
+  g_autofree char *project = NULL;
+  g_autofree char *label = NULL;
+  g_autofree char *split = NULL;
+  g_autofree char *folder = NULL;
   gboolean json = FALSE;
   int batch = 8, threads = 0;
   const GOptionEntry entries[] = {
-    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &bundle, "Model bundle (*.ead.safetensors)", "BUNDLE" },
+    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &bundle,
+      "Model bundle (*.ead.safetensors); with --project also a model id (default: the "
+      "project's latest model)", "BUNDLE" },
+    { "project", 'p', 0, G_OPTION_ARG_FILENAME, &project,
+      "Score the images of a project (a folder holding project.ead, or a *.ead file) and "
+      "store the results", "PATH" },
+    { "label", 'l', 0, G_OPTION_ARG_STRING, &label, "With --project: only this label",
+      "good|defect|unlabelled" },
+    { "split", 's', 0, G_OPTION_ARG_STRING, &split, "With --project: only this split",
+      "train|validation|test|none" },
+    { "folder", 'f', 0, G_OPTION_ARG_FILENAME, &folder,
+      "With --project: import the folder, then score only its images", "DIR" },
     { "maps", 0, 0, G_OPTION_ARG_FILENAME, &maps_dir,
       "Write a heatmap PNG per image (the map over the image) into DIR", "DIR" },
     { "map-range", 0, 0, G_OPTION_ARG_STRING, &range,
@@ -180,11 +196,37 @@ ead_cmd_infer (int argc, char **argv)
   int exit_code, n_items, failures = 0, in_h, in_w;
   size_t input_size;
 
-  if (!ead_cli_parse ("infer", "IMAGE...",
+  if (!ead_cli_parse ("infer", "[IMAGE...]",
                       "Score images with a model: the image score is the maximum of the\n"
-                      "anomaly map at the image's own size.",
+                      "anomaly map at the image's own size.\n\n"
+                      "With --project, score the project's images (narrowed by --label,\n"
+                      "--split or --folder) and store scores and maps in the project, one\n"
+                      "transaction per batch.  Images the model has scored already are\n"
+                      "skipped, so running the same command again after an interruption\n"
+                      "scores only the rest.  Exit status 1 when some images could not be\n"
+                      "scored (they are listed with the reason), 130 when interrupted.",
                       entries, &argc, &argv, &exit_code))
     return exit_code;
+  if (project != NULL)
+    {
+      EadInferProjectArgs args = {
+        .project = project, .model = bundle, .label = label, .split = split,
+        .folder = folder, .batch = batch, .threads = threads, .device = device, .json = json,
+      };
+
+      if (argc > 1 || maps_dir != NULL || range != NULL)
+        {
+          ead_cli_error ("infer", "--project scores the project's images: give no IMAGE, "
+                         "--maps or --map-range with it (see 'ead infer --help')");
+          return EAD_EXIT_USAGE;
+        }
+      return ead_infer_project (&args);
+    }
+  if (label != NULL || split != NULL || folder != NULL)
+    {
+      ead_cli_error ("infer", "--label, --split and --folder go with --project");
+      return EAD_EXIT_USAGE;
+    }
   if (bundle == NULL || argc < 2)
     {
       ead_cli_error ("infer", "expected --model BUNDLE and at least one IMAGE (see 'ead infer --help')");

@@ -26,6 +26,7 @@ static const struct {
   { "models", ead_cmd_models, "List or register the models of a project" },
   { "threshold", ead_cmd_threshold, "Show, suggest or set a model's threshold" },
   { "runs", ead_cmd_runs, "List training and inference runs" },
+  { "report", ead_cmd_report, "Write a PDF or CSV report of a model's results" },
   { "teacher", ead_cmd_teacher, "Import a pretrained PyTorch teacher (teacher import)" },
 };
 

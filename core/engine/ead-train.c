@@ -643,14 +643,14 @@ read_checkpoint (EadTrainer *trainer, GError **error)
   run = ead_safetensors_lookup_metadata (file, "ead.checkpoint.run");
   step_text = ead_safetensors_lookup_metadata (file, "ead.checkpoint.step");
   if (run == NULL || step_text == NULL
-      || !g_ascii_string_to_unsigned (step_text, 10, 1, trainer->options.steps, &step, NULL))
+      || !g_ascii_string_to_unsigned (step_text, 10, 1, G_MAXINT, &step, NULL))
     {
       g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
                    "%s: not a training checkpoint (no valid ead.checkpoint.step/run)",
                    trainer->checkpoint_path);
       return FALSE;
     }
-  if (!g_str_equal (run, identity))
+  if (!g_str_equal (run, identity) || step > (guint64) trainer->options.steps)
     {
       g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
                    "%s: the checkpoint belongs to another run (%s); this run is %s",
@@ -811,6 +811,7 @@ ead_trainer_run (EadTrainer *trainer,
     }
   else if (!teacher_statistics (trainer, progress, user_data, cancel, start, error))
     return NULL;
+  g_clear_pointer (&trainer->teacher1, trainer->backend->exec_free);
 
   training_start = g_get_monotonic_time ();
   first_step = trainer->step;

@@ -73,9 +73,9 @@ ead_dataset_free (EadDataset *dataset)
   if (dataset == NULL)
     return;
   g_free (dataset->root);
-  g_array_unref (dataset->train);
-  g_array_unref (dataset->validation);
-  g_ptr_array_unref (dataset->skipped);
+  g_clear_pointer (&dataset->train, g_array_unref);
+  g_clear_pointer (&dataset->validation, g_array_unref);
+  g_clear_pointer (&dataset->skipped, g_ptr_array_unref);
   g_free (dataset->snapshot);
   g_free (dataset);
 }

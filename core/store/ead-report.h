@@ -49,7 +49,7 @@ typedef struct {
   guint64 n_unscored;     /* no result from the model, errors included */
   guint64 n_errors;       /* the model's last run that tried them could not score them */
   guint64 n_flagged;      /* review and fail: the PDF's entries */
-  EadThresholdCounts counts;  /* of the scored images; zero without a threshold */
+  EadThresholdCounts counts;  /* of the scored images; without a threshold all pass */
 } EadReportSummary;
 
 /* Called after each flagged image drawn into a PDF: entries done, entries in all. */
