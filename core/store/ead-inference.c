@@ -10,9 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <gio/gio.h>
-#include <math.h>
 #include <omp.h>
-#include <string.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -425,8 +423,13 @@ batch_clear_items (Batch *batch)
 }
 
 static void
-decoder_init (Decoder *decoder, const Entry *entries, guint n_entries, int batch, int in_h,
-              int in_w, const EadInferenceOptions *options)
+decoder_init (Decoder *decoder,
+              const Entry *entries,
+              guint n_entries,
+              int batch,
+              int in_h,
+              int in_w,
+              const EadInferenceOptions *options)
 {
   *decoder = (Decoder) {
     .entries = entries,

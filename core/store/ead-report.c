@@ -79,7 +79,8 @@ report_clear (Report *report)
   g_clear_pointer (&report->table, ead_score_table_free);
 }
 
-/* A read transaction: every query in it sees the same committed state. */
+/* BEGIN and COMMIT around the reads: every query between them sees the same committed
+ * state. */
 static gboolean
 run_statement (EadProject *project, const char *sql, const char *what, GError **error)
 {
@@ -514,7 +515,12 @@ set_rgb (cairo_t *cr, guint32 rgb)
 /* Draws text with its top-left corner (or top-right, top-centre) at x, y, wrapped to
  * width (0: no wrapping); returns its height. */
 static double
-pdf_text (Pdf *pdf, double x, double y, double width, const char *font, Align align,
+pdf_text (Pdf *pdf,
+          double x,
+          double y,
+          double width,
+          const char *font,
+          Align align,
           const char *text)
 {
   PangoFontDescription *description = pango_font_description_from_string (font);
@@ -545,6 +551,7 @@ pdf_end_page (Pdf *pdf)
   pdf->page++;
 }
 
+/* usec 0 means now. */
 static char *
 format_time (gint64 usec)
 {
@@ -699,7 +706,12 @@ static const guint32 label_colours[EAD_N_LABELS] = {
 };
 
 static void
-draw_marker (Pdf *pdf, double x, double top, double bottom, guint32 colour, gboolean dashed,
+draw_marker (Pdf *pdf,
+             double x,
+             double top,
+             double bottom,
+             guint32 colour,
+             gboolean dashed,
              const char *label)
 {
   cairo_t *cr = pdf->cr;
@@ -968,7 +980,11 @@ thumbnail_size (int width, int height, int *thumb_w, int *thumb_h)
 }
 
 static void
-draw_entry (Pdf *pdf, const Report *report, const Row *row, double y, float map_lo,
+draw_entry (Pdf *pdf,
+            const Report *report,
+            const Row *row,
+            double y,
+            float map_lo,
             float map_hi)
 {
   static const guint32 verdict_colours[EAD_N_OUTCOMES] = { 0x238b45, 0xe6550d, 0xb10026 };
