@@ -73,6 +73,8 @@ run_config (const BenchConfig *config, BenchResult *result, GError **error)
     return FALSE;
   result->gflop_per_image = pipeline_gflop (model);
   input_size = (size_t) 3 * model->input_height * model->input_width;
+  /* the detector holds its own copy of the weights, as in `ead infer` */
+  g_clear_pointer (&model, ead_model_free);
   inputs = g_new (float, config->batch * input_size);
   key = ead_random_key (1, "bench.input");
   for (size_t i = 0; i < config->batch * input_size; i++)

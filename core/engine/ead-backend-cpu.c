@@ -261,9 +261,13 @@ compile_conv (EadNetExec *exec,
   dnnl_memory_desc_init_by_tag (&b_md, 1, b_dims, dnnl_f32, dnnl_x);
   dnnl_memory_desc_init_by_tag (&dst_md, 4, dst_dims, dnnl_f32, dnnl_format_tag_any);
   /* Winograd F(4x4, 3x3) does the 3x3 layers with about half the multiplications, within
-   * the parity tolerance; oneDNN has it for some shapes only, so direct is the fallback. */
+   * the parity tolerance, but keeps 4 times the weights (36 taps instead of 9): worth it
+   * up to 256 x 256 channels (EfficientAD-S, the autoencoder), not for PDN-M's 512 x 512
+   * layer, whose 38 MB of transformed weights would double the detector's memory.  oneDNN
+   * has Winograd for some shapes only, so direct is the fallback. */
   attr = new_attr (relu);
   if (layer->kernel == 3 && layer->stride == 1
+      && layer->in_channels * layer->out_channels <= 256 * 256
       && dnnl_convolution_forward_desc_init (&desc, dnnl_forward_inference,
                                              dnnl_convolution_winograd, &src_md, &w_md, &b_md,
                                              &dst_md, strides, padding, padding) == dnnl_success)
