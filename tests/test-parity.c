@@ -21,6 +21,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "ead-test-util.h"
 #include "ead-backend.h"
 #include "ead-detector.h"
 #include "ead-model.h"
@@ -39,35 +40,6 @@ static const char *const case_files[] = {
 
 /* The case the batch test runs: the cheaper network on the non-square input. */
 #define BATCH_CASE "parity-s-256x320.json"
-
-static char *
-fixture_path (const char *name)
-{
-  const char *dir = g_getenv ("EAD_TEST_FIXTURES");
-
-  if (dir != NULL && *dir != '\0')
-    return g_build_filename (dir, name, NULL);
-  return g_test_build_filename (G_TEST_DIST, "fixtures", name, NULL);
-}
-
-static JsonParser *
-load_fixture (const char *name)
-{
-  g_autofree char *path = fixture_path (name);
-  JsonParser *parser = json_parser_new ();
-  g_autoptr (GError) error = NULL;
-
-  json_parser_load_from_file (parser, path, &error);
-  g_assert_no_error (error);
-  g_assert_true (JSON_NODE_HOLDS_OBJECT (json_parser_get_root (parser)));
-  return parser;
-}
-
-static JsonObject *
-fixture_root (JsonParser *parser)
-{
-  return json_node_get_object (json_parser_get_root (parser));
-}
 
 /* The test images of make-fixtures.py: low + span * u in float32, u from the engine's
  * generator keyed by the seed and the image's name. */
@@ -368,8 +340,8 @@ static void
 test_case (gconstpointer data)
 {
   const char *file = data;
-  g_autoptr (JsonParser) parser = load_fixture (file);
-  JsonObject *root = fixture_root (parser);
+  g_autoptr (JsonParser) parser = ead_test_load_fixture (file);
+  JsonObject *root = ead_test_fixture_root (parser);
   g_autoptr (EadDetector) detector = detector_for (root, 1);
   g_autoptr (GError) error = NULL;
 
@@ -391,8 +363,8 @@ static void
 test_batch (void)
 {
   static const guint images[] = { 0, 1, 0 };
-  g_autoptr (JsonParser) parser = load_fixture (BATCH_CASE);
-  JsonObject *root = fixture_root (parser);
+  g_autoptr (JsonParser) parser = ead_test_load_fixture (BATCH_CASE);
+  JsonObject *root = ead_test_fixture_root (parser);
   g_autoptr (EadDetector) detector = detector_for (root, 3);
   g_autoptr (GError) error = NULL;
   g_autofree float *inputs = case_inputs (root, images, 3);
@@ -443,8 +415,8 @@ test_batch (void)
 static void
 test_bilinear (void)
 {
-  g_autoptr (JsonParser) parser = load_fixture ("bilinear.json");
-  JsonObject *root = fixture_root (parser);
+  g_autoptr (JsonParser) parser = ead_test_load_fixture ("bilinear.json");
+  JsonObject *root = ead_test_fixture_root (parser);
   JsonArray *cases = json_object_get_array_member (root, "cases");
   EadBackend *cpu = ead_backend_cpu ();
 

@@ -18,6 +18,7 @@
 
 #include <glib/gstdio.h>
 
+#include "ead-test-util.h"
 #include "ead-backend.h"
 #include "ead-bundle.h"
 #include "ead-error.h"
@@ -31,21 +32,11 @@
 /* ---- helpers ---- */
 
 static char *
-fixture_path (const char *name)
-{
-  const char *dir = g_getenv ("EAD_TEST_FIXTURES");
-
-  if (dir != NULL && *dir != '\0')
-    return g_build_filename (dir, name, NULL);
-  return g_test_build_filename (G_TEST_DIST, "fixtures", name, NULL);
-}
-
-static char *
 pth_path (const char *name)
 {
   g_autofree char *file = g_strconcat ("pth/", name, NULL);
 
-  return fixture_path (file);
+  return ead_test_fixture_path (file);
 }
 
 static void
@@ -619,7 +610,7 @@ check_teacher (const char *dir, const char *name, EadArch arch, const char *form
 static void
 test_import_parity (void)
 {
-  g_autofree char *script = fixture_path ("make-pth-fixtures.py");
+  g_autofree char *script = ead_test_fixture_path ("make-pth-fixtures.py");
   g_autofree char *dir = NULL;
   g_autofree char *err = NULL;
   g_autofree float *input = NULL;

@@ -22,6 +22,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "ead-test-util.h"
 #include "ead-augment.h"
 #include "ead-backend.h"
 #include "ead-bundle.h"
@@ -62,35 +63,6 @@ random_image (const char *name, int width, int height)
   for (size_t i = 0; i < (size_t) width * height * 3; i++)
     image->rgb[i] = (guint8) (ead_random_uniform (key, i) * 256.0f);
   return image;
-}
-
-static char *
-fixture_path (const char *name)
-{
-  const char *dir = g_getenv ("EAD_TEST_FIXTURES");
-
-  if (dir != NULL && *dir != '\0')
-    return g_build_filename (dir, name, NULL);
-  return g_test_build_filename (G_TEST_DIST, "fixtures", name, NULL);
-}
-
-static JsonParser *
-load_fixture (const char *name)
-{
-  g_autofree char *path = fixture_path (name);
-  JsonParser *parser = json_parser_new ();
-  g_autoptr (GError) error = NULL;
-
-  json_parser_load_from_file (parser, path, &error);
-  g_assert_no_error (error);
-  g_assert_true (JSON_NODE_HOLDS_OBJECT (json_parser_get_root (parser)));
-  return parser;
-}
-
-static JsonObject *
-fixture_root (JsonParser *parser)
-{
-  return json_node_get_object (json_parser_get_root (parser));
 }
 
 static char *
@@ -825,8 +797,8 @@ tensor_of (EadNet *net, const char *name, size_t *count)
 static void
 test_step_parity (void)
 {
-  g_autoptr (JsonParser) parser = load_fixture ("train/step.json");
-  JsonObject *root = fixture_root (parser);
+  g_autoptr (JsonParser) parser = ead_test_load_fixture ("train/step.json");
+  JsonObject *root = ead_test_fixture_root (parser);
   JsonArray *tensors = json_object_get_array_member (root, "tensors");
   JsonArray *mean = json_object_get_array_member (root, "teacher_mean");
   JsonArray *std = json_object_get_array_member (root, "teacher_std");
@@ -1010,8 +982,8 @@ quantile_values (JsonObject *array, guint64 seed, size_t *n)
 static void
 test_quantile (void)
 {
-  g_autoptr (JsonParser) parser = load_fixture ("train/quantile.json");
-  JsonObject *root = fixture_root (parser);
+  g_autoptr (JsonParser) parser = ead_test_load_fixture ("train/quantile.json");
+  JsonObject *root = ead_test_fixture_root (parser);
   JsonArray *arrays = json_object_get_array_member (root, "arrays");
   guint64 seed = json_object_get_int_member (root, "seed");
 
@@ -1066,8 +1038,8 @@ hex_bytes (const char *hex, size_t expected)
 static void
 test_color_jitter (void)
 {
-  g_autoptr (JsonParser) parser = load_fixture ("train/jitter.json");
-  JsonObject *root = fixture_root (parser);
+  g_autoptr (JsonParser) parser = ead_test_load_fixture ("train/jitter.json");
+  JsonObject *root = ead_test_fixture_root (parser);
   JsonArray *outputs = json_object_get_array_member (root, "outputs");
   int width = json_object_get_int_member (root, "width");
   int height = json_object_get_int_member (root, "height");
