@@ -66,6 +66,27 @@ ead_cli_print_json (JsonNode *node)
   printf ("%s\n", text);
 }
 
+gboolean
+ead_cli_parse_precision (const char *command, const char *text, EadPrecision *precision)
+{
+  g_autoptr (GError) error = NULL;
+
+  *precision = EAD_PRECISION_FP32;
+  if (text == NULL)
+    return TRUE;
+  if (ead_precision_parse (text, precision, &error))
+    return TRUE;
+  ead_cli_error (command, "--precision: %s", error->message);
+  return FALSE;
+}
+
+void
+ead_cli_note_precision (const char *command, EadPrecision requested, EadBackend *backend)
+{
+  if (requested == EAD_PRECISION_AUTO)
+    fprintf (stderr, "ead %s: precision %s\n", command, backend->describe_precision (backend));
+}
+
 double
 ead_cli_peak_rss_mb (void)
 {

@@ -4,6 +4,8 @@
 #include <glib.h>
 #include <json-glib/json-glib.h>
 
+#include "ead-backend.h"
+
 G_BEGIN_DECLS
 
 /* Exit codes: 0 success, 1 a failure while working (some images failed, a file could
@@ -32,6 +34,18 @@ void ead_cli_error (const char *command, const char *format, ...) G_GNUC_PRINTF 
 
 /* Prints a JSON node on stdout, pretty, with a final newline. */
 void ead_cli_print_json (JsonNode *node);
+
+/* The --precision option every command that runs networks has. */
+#define EAD_CLI_PRECISION_ENTRY(variable)                                                 \
+  { "precision", 0, 0, G_OPTION_ARG_STRING, &(variable),                                  \
+    "fp32, bf16 (AVX512-BF16 or AMX CPUs) or auto (bf16 where fast; default fp32)", "P" }
+
+/* Parses a --precision value (NULL: fp32); prints the error and returns FALSE when bad. */
+gboolean ead_cli_parse_precision (const char *command, const char *text, EadPrecision *precision);
+
+/* After networks were compiled with `requested`: when that was auto, says on stderr what
+ * the backend chose and why, so that a fallback to fp32 is never silent. */
+void ead_cli_note_precision (const char *command, EadPrecision requested, EadBackend *backend);
 
 /* The resident set size high-water mark of this process, in MiB (VmHWM). */
 double ead_cli_peak_rss_mb (void);
@@ -67,6 +81,7 @@ typedef struct {
   int batch;
   int threads;
   const char *device;
+  EadPrecision precision;
   gboolean json;
 } EadInferProjectArgs;
 

@@ -18,6 +18,7 @@ typedef struct {
   int batch;
   int threads;
   const char *device;
+  EadPrecision precision;  /* as asked: auto, fp32 or bf16 */
   const char *bundle;
   const char *data_dir;  /* training images for train benchmarks, or NULL */
   int warmup;
@@ -26,6 +27,7 @@ typedef struct {
 
 typedef struct {
   double median_ms, min_ms, max_ms, images_per_s, gflop_per_image, peak_rss_mb;
+  EadPrecision precision;  /* as run */
   char *implementations;
 } BenchResult;
 
@@ -53,7 +55,8 @@ run_config (const BenchConfig *config, BenchResult *result, GError **error)
   g_autofree float *inputs = NULL;
   g_autofree float *full = NULL;
   g_autofree double *times = NULL;
-  EadDetectorOptions options = { config->batch, config->threads, config->device };
+  EadDetectorOptions options = { config->batch, config->threads, config->device,
+                                 config->precision };
   size_t input_size;
   guint64 key;
 
@@ -101,6 +104,7 @@ run_config (const BenchConfig *config, BenchResult *result, GError **error)
   result->images_per_s = 1000.0 * config->batch / result->median_ms;
   result->peak_rss_mb = ead_cli_peak_rss_mb ();
   result->implementations = ead_detector_describe (detector);
+  result->precision = ead_detector_get_precision (detector);
   return TRUE;
 }
 
@@ -121,7 +125,7 @@ result_to_json (const BenchConfig *config, const BenchResult *result)
   json_builder_set_member_name (builder, "mode");
   json_builder_add_string_value (builder, config->train ? "train-step" : "inference");
   json_builder_set_member_name (builder, "precision");
-  json_builder_add_string_value (builder, "fp32");
+  json_builder_add_string_value (builder, ead_precision_name (result->precision));
   json_builder_set_member_name (builder, "median_ms");
   json_builder_add_double_value (builder, result->median_ms);
   json_builder_set_member_name (builder, "min_ms");
@@ -213,10 +217,13 @@ run_train_config (const BenchConfig *config, BenchResult *result, GError **error
   options.steps = config->warmup + config->runs;
   options.threads = config->threads;
   options.device = config->device;
+  options.precision = config->precision;
   options.checkpoint_every = 0;
   trainer = ead_trainer_new (teacher, data, NULL, &options, error);
   if (trainer == NULL)
     return FALSE;
+  result->implementations = ead_trainer_describe (trainer);
+  result->precision = ead_trainer_get_precision (trainer);
   model = ead_trainer_run (trainer, record_step, &times, NULL, error);
   if (model == NULL)
     return FALSE;
@@ -235,7 +242,6 @@ run_train_config (const BenchConfig *config, BenchResult *result, GError **error
                                       + 3.0 * 2.0 * ead_net_macs (model->student, in)
                                       + 3.0 * ead_net_macs (model->autoencoder, in));
   result->peak_rss_mb = ead_cli_peak_rss_mb ();
-  result->implementations = g_strdup ("");
   return TRUE;
 }
 
@@ -255,6 +261,21 @@ parse_int_list (const char *text, const char *option, int min, int max, GArray *
           return FALSE;
         }
       g_array_append_val (out, (int) { value });
+    }
+  return TRUE;
+}
+
+static gboolean
+parse_precision_list (const char *text, GArray *out, GError **error)
+{
+  g_auto (GStrv) parts = g_strsplit (text, ",", -1);
+
+  for (int i = 0; parts[i] != NULL; i++)
+    {
+      EadPrecision precision;
+      if (!ead_precision_parse (parts[i], &precision, error))
+        return FALSE;
+      g_array_append_val (out, precision);
     }
   return TRUE;
 }
@@ -290,6 +311,8 @@ run_child (const BenchConfig *config, const char *arch_text, JsonNode **node, GE
   g_ptr_array_add (args, runs);
   g_ptr_array_add (args, (char *) "--device");
   g_ptr_array_add (args, (char *) config->device);
+  g_ptr_array_add (args, (char *) "--precision");
+  g_ptr_array_add (args, (char *) ead_precision_name (config->precision));
   if (config->train)
     g_ptr_array_add (args, (char *) "--train");
   if (config->data_dir != NULL)
@@ -322,11 +345,12 @@ run_child (const BenchConfig *config, const char *arch_text, JsonNode **node, GE
 static void
 print_row (JsonObject *object)
 {
-  printf ("%-6s %6" G_GINT64_FORMAT " %8" G_GINT64_FORMAT " %-7s %10.1f %10.1f %10.1f %10.2f %8.0f %10.0f\n",
+  printf ("%-6s %6" G_GINT64_FORMAT " %8" G_GINT64_FORMAT " %-7s %-9s %10.1f %10.1f %10.1f %10.2f %8.0f %10.0f\n",
           json_object_get_string_member (object, "model"),
           json_object_get_int_member (object, "batch"),
           json_object_get_int_member (object, "threads"),
           json_object_get_string_member (object, "device"),
+          json_object_get_string_member (object, "precision"),
           json_object_get_double_member (object, "median_ms"),
           json_object_get_double_member (object, "min_ms"),
           json_object_get_double_member (object, "max_ms"),
@@ -342,6 +366,7 @@ ead_cmd_bench (int argc, char **argv)
   g_autofree char *batch_text = NULL;
   g_autofree char *threads_text = NULL;
   g_autofree char *device = NULL;
+  g_autofree char *precision_text = NULL;
   g_autofree char *bundle = NULL;
   g_autofree char *data_dir = NULL;
   gboolean json = FALSE, describe = FALSE, train = FALSE;
@@ -352,6 +377,8 @@ ead_cmd_bench (int argc, char **argv)
     { "threads", 't', 0, G_OPTION_ARG_STRING, &threads_text,
       "Thread counts, e.g. 1,2 (default: all cores)", "T[,T...]" },
     { "device", 0, 0, G_OPTION_ARG_STRING, &device, "cpu or cuda (default cpu)", "DEVICE" },
+    { "precision", 0, 0, G_OPTION_ARG_STRING, &precision_text,
+      "fp32, bf16 or auto, or a list such as fp32,bf16 (default fp32)", "P[,P...]" },
     { "bundle", 0, 0, G_OPTION_ARG_FILENAME, &bundle,
       "Time this model instead of random networks", "BUNDLE" },
     { "warmup", 0, 0, G_OPTION_ARG_INT, &warmup, "Untimed runs first (default 3)", "N" },
@@ -368,6 +395,7 @@ ead_cmd_bench (int argc, char **argv)
   g_autoptr (GError) error = NULL;
   g_autoptr (GArray) batches = g_array_new (FALSE, FALSE, sizeof (int));
   g_autoptr (GArray) thread_counts = g_array_new (FALSE, FALSE, sizeof (int));
+  g_autoptr (GArray) precisions = g_array_new (FALSE, FALSE, sizeof (EadPrecision));
   BenchConfig config = { 0 };
   int exit_code, n_configs;
 
@@ -381,7 +409,8 @@ ead_cmd_bench (int argc, char **argv)
   if (!ead_arch_parse (arch_text, &config.arch, &error)
       || !parse_int_list (batch_text ? batch_text : "1", "--batch", 1, 256, batches, &error)
       || (threads_text != NULL
-          && !parse_int_list (threads_text, "--threads", 1, 1024, thread_counts, &error)))
+          && !parse_int_list (threads_text, "--threads", 1, 1024, thread_counts, &error))
+      || !parse_precision_list (precision_text ? precision_text : "fp32", precisions, &error))
     {
       ead_cli_error ("bench", "%s", error->message);
       return EAD_EXIT_USAGE;
@@ -404,18 +433,19 @@ ead_cmd_bench (int argc, char **argv)
   config.bundle = bundle;
   config.warmup = warmup;
   config.runs = runs;
-  n_configs = batches->len * thread_counts->len;
+  n_configs = batches->len * thread_counts->len * precisions->len;
 
   if (!json)
-    printf ("%-6s %6s %8s %-7s %10s %10s %10s %10s %8s %10s\n", "model", "batch", "threads",
-            "device", "median_ms", "min_ms", "max_ms", "images/s", "GFLOP/s", "peak_MiB");
+    printf ("%-6s %6s %8s %-7s %-9s %10s %10s %10s %10s %8s %10s\n", "model", "batch",
+            "threads", "device", "precision", "median_ms", "min_ms", "max_ms", "images/s", "GFLOP/s", "peak_MiB");
   for (guint b = 0; b < batches->len; b++)
-    for (guint t = 0; t < thread_counts->len; t++)
+    for (guint t = 0; t < thread_counts->len * precisions->len; t++)
       {
         g_autoptr (JsonNode) node = NULL;
 
         config.batch = g_array_index (batches, int, b);
-        config.threads = g_array_index (thread_counts, int, t);
+        config.threads = g_array_index (thread_counts, int, t / precisions->len);
+        config.precision = g_array_index (precisions, EadPrecision, t % precisions->len);
         if (n_configs > 1)
           {
             if (!run_child (&config, arch_text, &node, &error))

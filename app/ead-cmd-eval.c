@@ -161,6 +161,7 @@ ead_cmd_eval (int argc, char **argv)
   g_autofree char *bundle = NULL;
   g_autofree char *data_dir = NULL;
   g_autofree char *device = NULL;
+  g_autofree char *precision_text = NULL;
   gboolean json = FALSE;
   int threads = 0;
   const GOptionEntry entries[] = {
@@ -168,6 +169,7 @@ ead_cmd_eval (int argc, char **argv)
     { "data", 'd', 0, G_OPTION_ARG_FILENAME, &data_dir, "An MVTec AD category", "DIR" },
     { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (default: all cores)", "T" },
     { "device", 0, 0, G_OPTION_ARG_STRING, &device, "cpu or cuda (default cpu)", "DEVICE" },
+    EAD_CLI_PRECISION_ENTRY (precision_text),
     { "json", 0, 0, G_OPTION_ARG_NONE, &json, "Print JSON", NULL },
     G_OPTION_ENTRY_NULL
   };
@@ -192,6 +194,8 @@ ead_cmd_eval (int argc, char **argv)
                       "each image's own resolution (the MVTec AD evaluator's convention).",
                       entries, &argc, &argv, &exit_code))
     return exit_code;
+  if (!ead_cli_parse_precision ("eval", precision_text, &options.precision))
+    return EAD_EXIT_USAGE;
   if (bundle == NULL || data_dir == NULL)
     {
       ead_cli_error ("eval", "--model BUNDLE and --data DIR are required (see 'ead eval --help')");
@@ -217,6 +221,7 @@ ead_cmd_eval (int argc, char **argv)
       ead_cli_error ("eval", "%s: %s", bundle, error->message);
       return EAD_EXIT_FAILURE;
     }
+  ead_cli_note_precision ("eval", options.precision, ead_detector_get_backend (detector));
   input = g_new (float, (size_t) 3 * model->input_height * model->input_width);
   scores = g_new (float, tests->len);
   labels = g_new (guint8, tests->len);

@@ -209,6 +209,7 @@ ead_infer_project (const EadInferProjectArgs *args)
   options.folder = args->folder;
   options.batch = args->batch;
   options.threads = args->threads;
+  options.precision = args->precision;
   if (args->device != NULL)
     options.device = args->device;
   /* A number that is not a file names a registered model. */

@@ -154,6 +154,7 @@ ead_cmd_infer (int argc, char **argv)
   g_autofree char *bundle = NULL;
   g_autofree char *maps_dir = NULL;
   g_autofree char *device = NULL;
+  g_autofree char *precision_text = NULL;
   g_autofree char *range = NULL;
   g_autofree char *project = NULL;
   g_autofree char *label = NULL;
@@ -182,6 +183,7 @@ ead_cmd_infer (int argc, char **argv)
     { "batch", 'b', 0, G_OPTION_ARG_INT, &batch, "Images per network run (default 8)", "N" },
     { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (default: all cores)", "T" },
     { "device", 0, 0, G_OPTION_ARG_STRING, &device, "cpu, cuda or auto (default cpu)", "DEVICE" },
+    EAD_CLI_PRECISION_ENTRY (precision_text),
     G_OPTION_ENTRY_NULL
   };
   g_autoptr (GError) error = NULL;
@@ -207,11 +209,14 @@ ead_cmd_infer (int argc, char **argv)
                       "scored (they are listed with the reason), 130 when interrupted.",
                       entries, &argc, &argv, &exit_code))
     return exit_code;
+  if (!ead_cli_parse_precision ("infer", precision_text, &options.precision))
+    return EAD_EXIT_USAGE;
   if (project != NULL)
     {
       EadInferProjectArgs args = {
         .project = project, .model = bundle, .label = label, .split = split,
-        .folder = folder, .batch = batch, .threads = threads, .device = device, .json = json,
+        .folder = folder, .batch = batch, .threads = threads, .device = device,
+        .precision = options.precision, .json = json,
       };
 
       if (argc > 1 || maps_dir != NULL || range != NULL)
@@ -265,6 +270,7 @@ ead_cmd_infer (int argc, char **argv)
       ead_cli_error ("infer", "%s: %s", bundle, error->message);
       return EAD_EXIT_FAILURE;
     }
+  ead_cli_note_precision ("infer", options.precision, ead_detector_get_backend (detector));
   g_clear_pointer (&model, ead_model_free);
 
   ead_detector_get_input_size (detector, &in_h, &in_w);

@@ -5,6 +5,7 @@
 
 #include "ead-bundle.h"
 #include "ead-cli.h"
+#include "ead-detector.h"
 #include "ead-model.h"
 
 static gboolean
@@ -120,11 +121,22 @@ compare_keys (gconstpointer a, gconstpointer b)
 int
 ead_cmd_info (int argc, char **argv)
 {
-  gboolean json = FALSE;
+  gboolean json = FALSE, describe = FALSE;
+  g_autofree char *precision_text = NULL;
+  g_autofree char *device = NULL;
+  int threads = 0;
   const GOptionEntry entries[] = {
     { "json", 0, 0, G_OPTION_ARG_NONE, &json, "Print JSON", NULL },
+    { "describe", 0, 0, G_OPTION_ARG_NONE, &describe,
+      "Compile the networks and list the implementation the backend chose for each layer",
+      NULL },
+    EAD_CLI_PRECISION_ENTRY (precision_text),
+    { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "With --describe: CPU threads", "T" },
+    { "device", 0, 0, G_OPTION_ARG_STRING, &device, "With --describe: cpu or cuda", "DEVICE" },
     G_OPTION_ENTRY_NULL
   };
+  g_autofree char *implementations = NULL;
+  EadDetectorOptions options = { 0 };
   g_autoptr (GError) error = NULL;
   g_autoptr (EadModel) model = NULL;
   g_autofree const char **keys = NULL;
@@ -145,6 +157,22 @@ ead_cmd_info (int argc, char **argv)
     {
       ead_cli_error ("info", "%s", error->message);
       return EAD_EXIT_FAILURE;
+    }
+  if (!ead_cli_parse_precision ("info", precision_text, &options.precision))
+    return EAD_EXIT_USAGE;
+  if (describe)
+    {
+      g_autoptr (EadDetector) detector = NULL;
+
+      options.threads = threads;
+      options.device = device;
+      detector = ead_detector_new (model, &options, &error);
+      if (detector == NULL)
+        {
+          ead_cli_error ("info", "%s: %s", argv[1], error->message);
+          return EAD_EXIT_FAILURE;
+        }
+      implementations = ead_detector_describe (detector);
     }
   params = ead_net_parameter_count (model->teacher) + ead_net_parameter_count (model->student)
            + ead_net_parameter_count (model->autoencoder);
@@ -186,6 +214,11 @@ ead_cmd_info (int argc, char **argv)
           json_builder_add_string_value (builder, g_hash_table_lookup (model->metadata, keys[i]));
         }
       json_builder_end_object (builder);
+      if (implementations != NULL)
+        {
+          json_builder_set_member_name (builder, "implementations");
+          json_builder_add_string_value (builder, implementations);
+        }
       json_builder_end_object (builder);
       root = json_builder_get_root (builder);
       ead_cli_print_json (root);
@@ -202,5 +235,7 @@ ead_cmd_info (int argc, char **argv)
           model->q_st_a, model->q_st_b, model->q_ae_a, model->q_ae_b);
   for (guint i = 0; i < n_keys; i++)
     printf ("  %-28s %s\n", keys[i], (const char *) g_hash_table_lookup (model->metadata, keys[i]));
+  if (implementations != NULL)
+    printf ("%s", implementations);
   return EAD_EXIT_OK;
 }

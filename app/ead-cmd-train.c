@@ -178,6 +178,8 @@ ead_cmd_train (int argc, char **argv)
   g_autofree char *penalty_dir = NULL;
   g_autofree char *out = NULL;
   g_autofree char *device = NULL;
+  g_autofree char *precision_text = NULL;
+  EadPrecision precision;
   gint64 seed = 0;
   int steps = 70000, threads = 0, checkpoint_every = 1000, log_every = 100, input_size = 256;
   gboolean resume = FALSE, strict = FALSE, json = FALSE;
@@ -193,6 +195,7 @@ ead_cmd_train (int argc, char **argv)
     { "seed", 0, 0, G_OPTION_ARG_INT64, &seed, "Seed (default 0)", "S" },
     { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (default: all cores)", "T" },
     { "device", 0, 0, G_OPTION_ARG_STRING, &device, "cpu or cuda (default cpu)", "DEVICE" },
+    EAD_CLI_PRECISION_ENTRY (precision_text),
     { "input-size", 0, 0, G_OPTION_ARG_INT, &input_size, "Network input side (default 256)", "PX" },
     { "checkpoint-every", 0, 0, G_OPTION_ARG_INT, &checkpoint_every,
       "Steps between checkpoints (default 1000; 0: none)", "N" },
@@ -224,6 +227,8 @@ ead_cmd_train (int argc, char **argv)
                       "or interrupted run continue with --resume.",
                       entries, &argc, &argv, &exit_code))
     return exit_code;
+  if (!ead_cli_parse_precision ("train", precision_text, &precision))
+    return EAD_EXIT_USAGE;
   if (data_dir == NULL || out == NULL)
     {
       ead_cli_error ("train", "--data DIR and --out BUNDLE are required (see 'ead train --help')");
@@ -283,6 +288,7 @@ ead_cmd_train (int argc, char **argv)
   options.seed = seed;
   options.threads = threads;
   options.device = device;
+  options.precision = precision;
   options.checkpoint_every = checkpoint_every;
   options.checkpoint_path = checkpoint;
   options.resume = resume;
@@ -292,13 +298,15 @@ ead_cmd_train (int argc, char **argv)
       ead_cli_error ("train", "%s", error->message);
       return EAD_EXIT_FAILURE;
     }
+  ead_cli_note_precision ("train", precision, ead_trainer_get_backend (trainer));
 
   reporter.json = json;
   reporter.terminal = !json && isatty (STDERR_FILENO);
   reporter.log_every = log_every;
   if (!json)
-    printf ("training %s on %u images (%u for validation) from %s, %d steps\n",
-            ead_arch_name (arch), data->train->len, data->validation->len, data->root, steps);
+    printf ("training %s on %u images (%u for validation) from %s, %d steps, %s\n",
+            ead_arch_name (arch), data->train->len, data->validation->len, data->root, steps,
+            ead_precision_name (ead_trainer_get_precision (trainer)));
   signal (SIGINT, on_signal);
   signal (SIGTERM, on_signal);
   model = ead_trainer_run (trainer, report, &reporter, &cancel_requested, &error);

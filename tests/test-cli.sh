@@ -198,5 +198,40 @@ else
   echo "# /usr/bin/python3 without torch: full-size teacher import skipped"
 fi
 
+# Precision: bad values are usage errors; where oneDNN may not use bf16 instructions
+# (ONEDNN_MAX_CPU_ISA=AVX2 simulates such a CPU) auto falls back to fp32 and says so, and
+# an explicit bf16 is refused rather than run slowly.
+refuses "--precision with a bad value" "unknown precision 'fp16'" \
+  "$EAD" bench --precision fp16 --runs 1 --warmup 0
+check "info --describe lists the kernels" "$EAD" info --describe --threads 2 "$TMP/s.ead.safetensors"
+grep -q "precision fp32" "$TMP/out" && grep -q "layer 3 conv 4x4 128->256 +relu: " "$TMP/out" \
+  && ok "info --describe names precision and implementations" \
+  || { not_ok "info --describe names precision and implementations"; sed 's/^/# /' "$TMP/out"; }
+ONEDNN_MAX_CPU_ISA=AVX2 "$EAD" info --describe --precision auto --threads 2 \
+  "$TMP/s.ead.safetensors" >"$TMP/out" 2>"$TMP/err"
+grep -q "precision fp32 (auto: no bf16 kernels for ISA avx2)" "$TMP/out" \
+  && ok "auto without bf16 instructions: fp32, and says why" \
+  || { not_ok "auto without bf16 instructions: fp32, and says why"; sed 's/^/# /' "$TMP/out" "$TMP/err"; }
+ONEDNN_MAX_CPU_ISA=AVX2 "$EAD" infer --precision auto --threads 2 --model "$TMP/s.ead.safetensors" \
+  "$FIX/surface.png" >"$TMP/out" 2>"$TMP/err"
+grep -q "ead infer: precision fp32 (auto: no bf16 kernels" "$TMP/err" \
+  && ok "infer --precision auto reports the fallback on stderr" \
+  || { not_ok "infer --precision auto reports the fallback on stderr"; sed 's/^/# /' "$TMP/err"; }
+export ONEDNN_MAX_CPU_ISA=AVX2
+refuses "explicit bf16 without bf16 instructions is refused" "bf16 needs a CPU with AVX512-BF16 or AMX" \
+  "$EAD" infer --precision bf16 --threads 2 --model "$TMP/s.ead.safetensors" "$FIX/surface.png"
+unset ONEDNN_MAX_CPU_ISA
+if grep -q avx512_bf16 /proc/cpuinfo; then
+  check "infer in bf16" "$EAD" infer --precision bf16 --threads 2 --json \
+    --model "$TMP/s.ead.safetensors" "$FIX/surface.png"
+  grep -q '"score"' "$TMP/out" && ok "bf16 scores an image" || not_ok "bf16 scores an image"
+  check "bench --precision fp32,bf16" "$EAD" bench --precision fp32,bf16 --json --threads 2 \
+    --warmup 0 --runs 1
+  grep -q '"precision" : "bf16"\|"precision":"bf16"' "$TMP/out" \
+    && ok "bench reports the bf16 row" || { not_ok "bench reports the bf16 row"; sed 's/^/# /' "$TMP/out"; }
+else
+  echo "# this CPU has no AVX512-BF16: the bf16 runs are skipped"
+fi
+
 echo "1..$n"
 [ "$failed" -eq 0 ]

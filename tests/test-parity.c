@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "ead-test-util.h"
+#include "ead-error.h"
 #include "ead-backend.h"
 #include "ead-detector.h"
 #include "ead-model.h"
@@ -316,10 +317,11 @@ case_inputs (JsonObject *root, const guint *images, int n)
 }
 
 static EadDetector *
-detector_for (JsonObject *root, int max_batch)
+detector_for_precision (JsonObject *root, int max_batch, EadPrecision precision)
 {
   g_autoptr (EadModel) model = model_from_fixture (root);
-  EadDetectorOptions options = { .max_batch = max_batch, .threads = 2, .device = "cpu" };
+  EadDetectorOptions options = { .max_batch = max_batch, .threads = 2, .device = "cpu",
+                                 .precision = precision };
   g_autoptr (GError) error = NULL;
   EadDetector *detector = ead_detector_new (model, &options, &error);
   int mh, mw, ih, iw;
@@ -334,6 +336,12 @@ detector_for (JsonObject *root, int max_batch)
   g_assert_cmpint (mh, ==, ih / 4 - 8);
   g_assert_cmpint (mw, ==, iw / 4 - 8);
   return detector;
+}
+
+static EadDetector *
+detector_for (JsonObject *root, int max_batch)
+{
+  return detector_for_precision (root, max_batch, EAD_PRECISION_FP32);
 }
 
 static void
@@ -411,6 +419,105 @@ test_batch (void)
     }
 }
 
+/* bf16 keeps 8 significant bits, so each layer adds about 0.4 % relative rounding error;
+ * through the four or five convolutions of a network and the squared differences of the
+ * maps, the bf16 maps must stay within 3 % of the fp32 maps' largest value, correlate
+ * with them at 0.999 or better, and give the image score within 3 %. */
+#define BF16_MAP_TOL 0.03
+#define BF16_MIN_CORRELATION 0.999
+
+static double
+correlation (const float *a, const float *b, size_t n)
+{
+  double ma = 0, mb = 0, sab = 0, saa = 0, sbb = 0;
+
+  for (size_t i = 0; i < n; i++)
+    {
+      ma += a[i];
+      mb += b[i];
+    }
+  ma /= n;
+  mb /= n;
+  for (size_t i = 0; i < n; i++)
+    {
+      sab += (a[i] - ma) * (b[i] - mb);
+      saa += (a[i] - ma) * (a[i] - ma);
+      sbb += (b[i] - mb) * (b[i] - mb);
+    }
+  return sab / sqrt (saa * sbb);
+}
+
+static void
+compare_maps (const float *bf16, const float *fp32, size_t n, const char *what)
+{
+  float scale = 0.0f, worst = 0.0f;
+  double r = correlation (bf16, fp32, n);
+
+  for (size_t i = 0; i < n; i++)
+    {
+      scale = MAX (scale, fabsf (fp32[i]));
+      worst = MAX (worst, fabsf (bf16[i] - fp32[i]));
+    }
+  g_test_message ("bf16 %s: max error %.3g of max|fp32|, correlation %.6f", what, worst / scale, r);
+  g_assert_cmpfloat (worst, <=, BF16_MAP_TOL * scale);
+  g_assert_cmpfloat (r, >=, BF16_MIN_CORRELATION);
+}
+
+/* The bf16 pipeline against the fp32 one on the same model and images, on CPUs with
+ * native bf16 kernels (elsewhere bf16 is refused, which is checked too). */
+static void
+test_bf16 (gconstpointer data)
+{
+  const char *file = data;
+  g_autoptr (JsonParser) parser = ead_test_load_fixture (file);
+  JsonObject *root = ead_test_fixture_root (parser);
+  g_autoptr (EadDetector) fp32 = detector_for (root, 1);
+  g_autoptr (EadDetector) bf16 = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (EadModel) model = model_from_fixture (root);
+  EadDetectorOptions options = { .max_batch = 1, .threads = 2, .precision = EAD_PRECISION_BF16 };
+  int mh, mw;
+  size_t hw;
+
+  bf16 = ead_detector_new (model, &options, &error);
+  if (bf16 == NULL)
+    {
+      g_assert_error (error, EAD_ERROR, EAD_ERROR_UNSUPPORTED);
+      g_assert_nonnull (strstr (error->message, "bf16"));
+      g_test_skip ("this CPU has no native bf16 kernels (bf16 was refused, as it should be)");
+      return;
+    }
+  g_assert_cmpint (ead_detector_get_precision (bf16), ==, EAD_PRECISION_BF16);
+  {
+    g_autofree char *described = ead_detector_describe (bf16);
+    g_assert_nonnull (strstr (described, "precision bf16"));
+    g_assert_nonnull (strstr (described, "bf16"));
+  }
+  ead_detector_get_map_size (fp32, &mh, &mw);
+  hw = (size_t) mh * mw;
+  for (guint image = 0; image < 2; image++)
+    {
+      g_autofree float *input = case_inputs (root, &image, 1);
+      g_autofree char *st = g_strdup_printf ("%s image %u map_st", file, image);
+      g_autofree char *ae = g_strdup_printf ("%s image %u map_ae", file, image);
+      g_autofree char *map = g_strdup_printf ("%s image %u map", file, image);
+      g_autofree float *full32 = g_new (float, 256 * 256);
+      g_autofree float *full16 = g_new (float, 256 * 256);
+      float score32, score16;
+
+      g_assert_true (ead_detector_run (fp32, input, 1, &error));
+      g_assert_true (ead_detector_run (bf16, input, 1, &error));
+      g_assert_no_error (error);
+      compare_maps (ead_detector_get_map_st (bf16, 0), ead_detector_get_map_st (fp32, 0), hw, st);
+      compare_maps (ead_detector_get_map_ae (bf16, 0), ead_detector_get_map_ae (fp32, 0), hw, ae);
+      compare_maps (ead_detector_get_map (bf16, 0), ead_detector_get_map (fp32, 0), hw, map);
+      score32 = ead_detector_full_map (fp32, 0, 256, 256, full32);
+      score16 = ead_detector_full_map (bf16, 0, 256, 256, full16);
+      g_test_message ("bf16 score %.6g, fp32 %.6g", score16, score32);
+      g_assert_cmpfloat (fabsf (score16 - score32), <=, BF16_MAP_TOL * fabsf (score32));
+    }
+}
+
 /* resize_bilinear of the CPU backend against F.interpolate(align_corners=False). */
 static void
 test_bilinear (void)
@@ -455,5 +562,7 @@ main (int argc, char **argv)
       g_test_add_data_func (path, case_files[i], test_case);
     }
   g_test_add_func ("/parity/batch", test_batch);
+  g_test_add_data_func ("/parity/bf16/s", "parity-s-256x256.json", test_bf16);
+  g_test_add_data_func ("/parity/bf16/m", "parity-m-256x320.json", test_bf16);
   return g_test_run ();
 }

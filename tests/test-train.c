@@ -938,6 +938,135 @@ test_step_parity (void)
 }
 
 /* ---------------------------------------------------------------------------------------
+ * Mixed precision: the step of the fixture in bf16 against the same step in fp32.
+ *
+ * bf16 activations carry 8 significant bits; the master weights, gradients, losses and
+ * the hard-loss quantile stay float32.  The losses must agree within 2 %, and every
+ * gradient tensor must point the same way (cosine >= 0.97) with a norm within 5 %:
+ * what Adam, which normalises each weight's step, needs to train alike.  (The student's
+ * gradients come from the hard loss, which keeps only the distances above their 0.999
+ * quantile: rounding moves a few of them across that line, so they agree less, about
+ * 0.98, than the autoencoder's, 0.99 and up.)
+ * --------------------------------------------------------------------------------------- */
+
+#define BF16_LOSS_TOL 0.02
+#define BF16_MIN_COSINE 0.97
+#define BF16_NORM_TOL 0.05
+
+static EadTrainer *
+step_trainer_new (JsonObject *root, const EadDataset *data, const EadModel *teacher,
+                  EadPrecision precision, GError **error)
+{
+  JsonArray *mean = json_object_get_array_member (root, "teacher_mean");
+  JsonArray *std = json_object_get_array_member (root, "teacher_std");
+  EadTrainOptions options;
+  EadTrainer *trainer;
+  EadModel *model;
+  EadNet *grad_student, *grad_ae;
+
+  ead_train_options_init (&options);
+  options.steps = 1;
+  options.seed = json_object_get_int_member (root, "seed");
+  options.threads = THREADS;
+  options.checkpoint_every = 0;
+  options.precision = precision;
+  trainer = ead_trainer_new (teacher, data, NULL, &options, error);
+  if (trainer == NULL)
+    return NULL;
+  ead_trainer_get_state (trainer, &model, &grad_student, &grad_ae);
+  for (int c = 0; c < EAD_TEACHER_CHANNELS; c++)
+    {
+      model->teacher_mean[c] = json_array_get_double_element (mean, c);
+      model->teacher_std[c] = json_array_get_double_element (std, c);
+    }
+  return trainer;
+}
+
+static void
+compare_gradients (const EadNet *bf16, const EadNet *fp32, const char *net_name,
+                   double *worst_cosine, double *worst_norm)
+{
+  for (int i = 0; i < fp32->n_layers; i++)
+    if (fp32->layers[i].kind == EAD_LAYER_CONV)
+      for (int part = 0; part < 2; part++)
+        {
+          size_t n = part == 0 ? ead_layer_weight_count (&fp32->layers[i])
+                               : (size_t) fp32->layers[i].out_channels;
+          const float *a = part == 0 ? bf16->weight[i] : bf16->bias[i];
+          const float *b = part == 0 ? fp32->weight[i] : fp32->bias[i];
+          double ab = 0, aa = 0, bb = 0, cosine, norm;
+
+          for (size_t k = 0; k < n; k++)
+            {
+              ab += (double) a[k] * b[k];
+              aa += (double) a[k] * a[k];
+              bb += (double) b[k] * b[k];
+            }
+          cosine = ab / sqrt (aa * bb);
+          norm = fabs (sqrt (aa) / sqrt (bb) - 1.0);
+          g_test_message ("bf16 gradient of %s.%d.%s: cosine %.5f, norm %+.3g relative",
+                          net_name, i, part == 0 ? "weight" : "bias", cosine, norm);
+          if (!(cosine >= BF16_MIN_COSINE && norm <= BF16_NORM_TOL))
+            g_test_fail_printf ("bf16 gradient of %s.%d.%s: cosine %.5f, norm off by %.3g",
+                                net_name, i, part == 0 ? "weight" : "bias", cosine, norm);
+          *worst_cosine = MIN (*worst_cosine, cosine);
+          *worst_norm = MAX (*worst_norm, norm);
+        }
+}
+
+static void
+test_step_bf16 (void)
+{
+  g_autoptr (JsonParser) parser = ead_test_load_fixture ("train/step.json");
+  JsonObject *root = ead_test_fixture_root (parser);
+  int h = json_object_get_int_member (root, "input_height");
+  int w = json_object_get_int_member (root, "input_width");
+  guint64 dropout_seed = json_object_get_int_member (root, "dropout_seed");
+  size_t size = (size_t) 3 * h * w;
+  g_autofree float *x = make_input (root, "train.x", size);
+  g_autofree float *x_aug = make_input (root, "train.x_aug", size);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (EadModel) teacher = ead_model_new (EAD_ARCH_SMALL);
+  g_autoptr (EadDataset) data = dataset_by_hand (w, h);
+  g_autoptr (EadTrainer) fp32 = NULL;
+  g_autoptr (EadTrainer) bf16 = NULL;
+  float losses32[EAD_TRAIN_LOSSES], losses16[EAD_TRAIN_LOSSES];
+  EadModel *model32, *model16;
+  EadNet *gs32, *ga32, *gs16, *ga16;
+  double worst_cosine = 1.0, worst_norm = 0.0;
+
+  teacher->input_height = h;
+  teacher->input_width = w;
+  ead_model_init_random (teacher, json_object_get_int_member (root, "seed"));
+  bf16 = step_trainer_new (root, data, teacher, EAD_PRECISION_BF16, &error);
+  if (bf16 == NULL)
+    {
+      g_assert_error (error, EAD_ERROR, EAD_ERROR_UNSUPPORTED);
+      g_test_skip ("this CPU has no native bf16 kernels (bf16 was refused, as it should be)");
+      return;
+    }
+  g_assert_cmpint (ead_trainer_get_precision (bf16), ==, EAD_PRECISION_BF16);
+  g_assert_true (ead_trainer_step_inputs (bf16, x, x_aug, dropout_seed, FALSE, losses16, &error));
+  g_assert_no_error (error);
+  fp32 = step_trainer_new (root, data, teacher, EAD_PRECISION_FP32, &error);
+  g_assert_no_error (error);
+  g_assert_true (ead_trainer_step_inputs (fp32, x, x_aug, dropout_seed, FALSE, losses32, &error));
+  g_assert_no_error (error);
+
+  for (int k = 0; k < EAD_TRAIN_LOSSES; k++)
+    {
+      g_test_message ("bf16 loss %d: %.6g, fp32 %.6g", k, losses16[k], losses32[k]);
+      g_assert_cmpfloat (fabsf (losses16[k] - losses32[k]), <=, BF16_LOSS_TOL * fabsf (losses32[k]));
+    }
+  ead_trainer_get_state (fp32, &model32, &gs32, &ga32);
+  ead_trainer_get_state (bf16, &model16, &gs16, &ga16);
+  compare_gradients (gs16, gs32, "student", &worst_cosine, &worst_norm);
+  compare_gradients (ga16, ga32, "autoencoder", &worst_cosine, &worst_norm);
+  g_test_message ("bf16 step vs fp32: worst gradient cosine %.5f, worst norm error %.3g",
+                  worst_cosine, worst_norm);
+}
+
+/* ---------------------------------------------------------------------------------------
  * Quantiles and colour jitter against PyTorch / torchvision: exact
  * --------------------------------------------------------------------------------------- */
 
@@ -1333,6 +1462,7 @@ main (int argc, char **argv)
   g_test_add_func ("/train/pytorch/quantile", test_quantile);
   g_test_add_func ("/train/pytorch/color-jitter", test_color_jitter);
   g_test_add_func ("/train/pytorch/step", test_step_parity);
+  g_test_add_func ("/train/bf16/step", test_step_bf16);
   g_test_add_func ("/train/resume/bit-identical", test_resume);
   g_test_add_func ("/train/dataset/errors", test_dataset_errors);
   return g_test_run ();

@@ -12,7 +12,12 @@ typedef struct {
   EadBackend parent;
   dnnl_engine_t engine;
   int threads;
+  EadPrecision precision;  /* FP32 or BF16 */
+  char *precision_note;
 } EadCpuBackend;
+
+/* The oneDNN data type of activations and weights for the backend's precision. */
+dnnl_data_type_t _ead_cpu_data_type (EadCpuBackend *cpu);
 
 gboolean _ead_cpu_check (dnnl_status_t status, const char *what, GError **error);
 size_t _ead_cpu_align (size_t n);

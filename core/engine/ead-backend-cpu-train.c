@@ -7,7 +7,11 @@
  * EadNet (plain OIHW, the optimiser's master copy) and are reordered into the layouts of
  * the forward and backward-data primitives at each forward pass; weight gradients are
  * reordered back to OIHW and accumulated into the grad EadNet by the reorder's sum
- * post-op. */
+ * post-op.
+ *
+ * In bf16 (mixed precision) activations, their gradients and the weight copies the
+ * primitives read are bfloat16; the master weights (the EadNet), weight and bias
+ * gradients, and everything at the boundary stay float32. */
 #include "ead-backend-cpu-private.h"
 
 #include <omp.h>
@@ -47,12 +51,12 @@ typedef struct {
   dnnl_memory_t grad_weights_user;  /* OIHW view of grad->weight[layer] */
   dnnl_primitive_t accumulate_weights;
   /* dropout */
-  float *mask;                   /* in the dst layout */
+  void *mask;                    /* in the dst layout and data type */
   float *mask_plain;             /* NCHW, as drawn */
   dnnl_primitive_t reorder_mask;
   dnnl_memory_t mask_memory, mask_plain_memory;
   float dropout;
-  size_t dst_elements;           /* floats in the dst buffer, padding included */
+  size_t dst_elements;           /* elements in the dst buffer, padding included */
 } Node;
 
 struct _EadTrainExec {
@@ -61,6 +65,7 @@ struct _EadTrainExec {
   EadNet *grad;
   dnnl_stream_t stream;
   int threads;
+  dnnl_data_type_t dt;           /* of activations and their gradients: f32 or bf16 */
   GArray *nodes;                 /* Node */
   dnnl_memory_desc_t in_md;      /* NCHW */
   dnnl_memory_t in_user;
@@ -75,6 +80,29 @@ struct _EadTrainExec {
 };
 
 #define check _ead_cpu_check
+
+/* bfloat16 is the upper half of a float32; rounding to nearest even, as oneDNN does. */
+static inline float
+bf16_to_float (guint16 value)
+{
+  guint32 bits = (guint32) value << 16;
+  float f;
+
+  memcpy (&f, &bits, sizeof f);
+  return f;
+}
+
+static inline guint16
+float_to_bf16 (float f)
+{
+  guint32 bits;
+
+  memcpy (&bits, &f, sizeof bits);
+  if ((bits & 0x7fffffff) > 0x7f800000)
+    return (guint16) ((bits >> 16) | 0x40);  /* NaN stays NaN */
+  bits += 0x7fff + ((bits >> 16) & 1);
+  return (guint16) (bits >> 16);
+}
 
 /* Training keeps oneDNN's own scratchpads (one per primitive, made once): simpler than
  * sharing one, and training is not latency-bound. */
@@ -172,7 +200,7 @@ add_output (EadTrainExec *exec, Node *node, const dnnl_memory_desc_t *md, GError
   node->dst = new_memory (exec, md, node->dst_buffer);
   node->diff_dst = new_memory (exec, md, DNNL_MEMORY_NONE);
   node->diff_src = new_memory (exec, &node->src_md, DNNL_MEMORY_NONE);
-  node->dst_elements = dnnl_memory_desc_get_size (md) / sizeof (float);
+  node->dst_elements = dnnl_memory_desc_get_size (md) / dnnl_data_type_size (md->data_type);
   if (node->dst == NULL || node->diff_dst == NULL || node->diff_src == NULL)
     {
       g_set_error (error, EAD_ERROR, EAD_ERROR_BACKEND, "oneDNN: cannot create activation memory");
@@ -197,7 +225,7 @@ compile_conv (EadTrainExec *exec,
   dnnl_dims_t dst_dims = { n, layer->out_channels, oh, ow };
   dnnl_dims_t strides = { layer->stride, layer->stride };
   dnnl_dims_t padding = { layer->padding, layer->padding };
-  dnnl_memory_desc_t w_any, w_plain, b_md, dst_any;
+  dnnl_memory_desc_t w_any, w_plain, b_md, dst_any, dw_any;
   dnnl_convolution_desc_t fwd_desc, bwd_data_desc, bwd_weights_desc;
   dnnl_primitive_desc_t fwd_pd = NULL, bwd_data_pd = NULL, bwd_weights_pd = NULL;
   dnnl_primitive_attr_t attr = train_attr (node->relu);
@@ -209,10 +237,12 @@ compile_conv (EadTrainExec *exec,
   g_autofree char *what_bw = g_strconcat (what, " backward-weights", NULL);
   gboolean ok = FALSE;
 
-  dnnl_memory_desc_init_by_tag (&w_any, 4, w_dims, dnnl_f32, dnnl_format_tag_any);
+  dnnl_memory_desc_init_by_tag (&w_any, 4, w_dims, exec->dt, dnnl_format_tag_any);
   dnnl_memory_desc_init_by_tag (&w_plain, 4, w_dims, dnnl_f32, dnnl_oihw);
   dnnl_memory_desc_init_by_tag (&b_md, 1, b_dims, dnnl_f32, dnnl_x);
-  dnnl_memory_desc_init_by_tag (&dst_any, 4, dst_dims, dnnl_f32, dnnl_format_tag_any);
+  dnnl_memory_desc_init_by_tag (&dst_any, 4, dst_dims, exec->dt, dnnl_format_tag_any);
+  /* weight gradients accumulate in float32 whatever the precision */
+  dnnl_memory_desc_init_by_tag (&dw_any, 4, w_dims, dnnl_f32, dnnl_format_tag_any);
 
   /* the source layout is the previous node's; the destination is oneDNN's choice */
   if (!check (dnnl_convolution_forward_desc_init (&fwd_desc, dnnl_forward_training,
@@ -268,7 +298,7 @@ compile_conv (EadTrainExec *exec,
         }
       }
     if (!check (dnnl_convolution_backward_weights_desc_init (&bwd_weights_desc, dnnl_convolution_direct,
-                                                             src_md, &w_any, &b_md, dst_md, strides,
+                                                             src_md, &dw_any, &b_md, dst_md, strides,
                                                              padding, padding),
                 what_bw, error)
         || !check (dnnl_primitive_desc_create (&bwd_weights_pd, &bwd_weights_desc, plain_attr,
@@ -325,7 +355,7 @@ compile_pool (EadTrainExec *exec, Node *node, const dnnl_memory_desc_t *src_md, 
   g_autofree char *what = g_strdup_printf ("layer %d avgpool %d", node->layer, layer->kernel);
   gboolean ok;
 
-  dnnl_memory_desc_init_by_tag (&dst_any, 4, dst_dims, dnnl_f32, dnnl_format_tag_any);
+  dnnl_memory_desc_init_by_tag (&dst_any, 4, dst_dims, exec->dt, dnnl_format_tag_any);
   ok = check (dnnl_pooling_v2_forward_desc_init (&fwd_desc, dnnl_forward_training,
                                                  dnnl_pooling_avg_include_padding, src_md,
                                                  &dst_any, strides, kernel, dilation, padding,
@@ -362,7 +392,7 @@ compile_resample (EadTrainExec *exec, Node *node, const dnnl_memory_desc_t *src_
   g_autofree char *what = g_strdup_printf ("layer %d resize to %dx%d", node->layer, out_w, out_h);
   gboolean ok;
 
-  dnnl_memory_desc_init_by_tag (&dst_any, 4, dst_dims, dnnl_f32, dnnl_format_tag_any);
+  dnnl_memory_desc_init_by_tag (&dst_any, 4, dst_dims, exec->dt, dnnl_format_tag_any);
   ok = check (dnnl_resampling_forward_desc_init (&fwd_desc, dnnl_forward_training,
                                                  dnnl_resampling_linear, NULL, src_md, &dst_any),
               what, error)
@@ -384,7 +414,8 @@ compile_resample (EadTrainExec *exec, Node *node, const dnnl_memory_desc_t *src_
   return ok;
 }
 
-/* Dropout keeps the layout of its input; its NCHW mask is reordered into that layout. */
+/* Dropout keeps the layout (and data type) of its input; its NCHW mask is reordered into
+ * that layout.  The mask values, 0 and 1 / (1 - p), are exact in bf16 for p = 0.2. */
 static gboolean
 compile_dropout (EadTrainExec *exec, Node *node, const dnnl_memory_desc_t *src_md, GError **error)
 {
@@ -474,6 +505,7 @@ _ead_cpu_train_compile (EadBackend *backend,
   exec->net = net;
   exec->grad = grad;
   exec->threads = exec->cpu->threads;
+  exec->dt = _ead_cpu_data_type (exec->cpu);
   omp_set_num_threads (exec->threads);
   exec->nodes = g_array_new (FALSE, TRUE, sizeof (Node));
   exec->memories = g_ptr_array_new ();
@@ -516,10 +548,10 @@ _ead_cpu_train_compile (EadBackend *backend,
               dnnl_memory_desc_t w_any, b_md, dst_any;
               dnnl_primitive_attr_t attr = train_attr (node.relu);
 
-              dnnl_memory_desc_init_by_tag (&any_md, 4, in_dims, dnnl_f32, dnnl_format_tag_any);
-              dnnl_memory_desc_init_by_tag (&w_any, 4, w_dims, dnnl_f32, dnnl_format_tag_any);
+              dnnl_memory_desc_init_by_tag (&any_md, 4, in_dims, exec->dt, dnnl_format_tag_any);
+              dnnl_memory_desc_init_by_tag (&w_any, 4, w_dims, exec->dt, dnnl_format_tag_any);
               dnnl_memory_desc_init_by_tag (&b_md, 1, b_dims, dnnl_f32, dnnl_x);
-              dnnl_memory_desc_init_by_tag (&dst_any, 4, dst_dims, dnnl_f32, dnnl_format_tag_any);
+              dnnl_memory_desc_init_by_tag (&dst_any, 4, dst_dims, exec->dt, dnnl_format_tag_any);
               ok = check (dnnl_convolution_forward_desc_init (&probe, dnnl_forward_training,
                                                               dnnl_convolution_direct, &any_md,
                                                               &w_any, &b_md, &dst_any, strides,
@@ -602,6 +634,28 @@ _ead_cpu_train_compile (EadBackend *backend,
   return exec;
 }
 
+/* out[k] = a[k] * b[k] over count elements of type dt (out may be a): dropout */
+static void
+multiply (dnnl_data_type_t dt, void *out, const void *a, const void *b, size_t count)
+{
+  if (dt == dnnl_bf16)
+    {
+      guint16 *o = out;
+      const guint16 *x = a, *y = b;
+#pragma omp parallel for schedule(static)
+      for (size_t k = 0; k < count; k++)
+        o[k] = float_to_bf16 (bf16_to_float (x[k]) * bf16_to_float (y[k]));
+    }
+  else
+    {
+      float *o = out;
+      const float *x = a, *y = b;
+#pragma omp parallel for schedule(static)
+      for (size_t k = 0; k < count; k++)
+        o[k] = x[k] * y[k];
+    }
+}
+
 static gboolean
 execute (EadTrainExec *exec, dnnl_primitive_t primitive, int n_args, const dnnl_exec_arg_t *args,
          GError **error)
@@ -660,18 +714,15 @@ _ead_cpu_train_forward (EadTrainExec *exec,
           break;
         case NODE_DROPOUT:
           {
-            const float *src = NULL;
-            float *dst = node->dst_buffer;
+            void *src = NULL;
             size_t count = (size_t) node->src_md.dims[0] * node->src_md.dims[1]
                            * node->src_md.dims[2] * node->src_md.dims[3];
 
-            dnnl_memory_get_data_handle (node->src, (void **) &src);
+            dnnl_memory_get_data_handle (node->src, &src);
             ead_dropout_mask (dropout_seed, node->layer, node->dropout, node->mask_plain, count);
             ok = reorder (exec, node->reorder_mask, node->mask_plain_memory, node->mask_memory, error)
                  && check (dnnl_stream_wait (exec->stream), "dropout", error);
-#pragma omp parallel for schedule(static)
-            for (size_t k = 0; k < node->dst_elements; k++)
-              dst[k] = src[k] * node->mask[k];
+            multiply (exec->dt, node->dst_buffer, src, node->mask, node->dst_elements);
           }
           break;
         }
@@ -688,11 +739,25 @@ _ead_cpu_train_forward (EadTrainExec *exec,
 
 /* grad[k] *= (y[k] > 0): the ReLU derivative taken from its output, as PyTorch does */
 static void
-relu_backward (float *diff, const float *y, size_t count)
+relu_backward (dnnl_data_type_t dt, void *diff, const void *y, size_t count)
 {
+  if (dt == dnnl_bf16)
+    {
+      guint16 *d = diff;
+      const guint16 *v = y;
+      /* a bf16 value is above zero when its sign bit is clear and it is not +0 */
 #pragma omp parallel for schedule(static)
-  for (size_t k = 0; k < count; k++)
-    diff[k] = y[k] > 0.0f ? diff[k] : 0.0f;
+      for (size_t k = 0; k < count; k++)
+        d[k] = v[k] != 0 && (v[k] & 0x8000) == 0 ? d[k] : 0;
+    }
+  else
+    {
+      float *d = diff;
+      const float *v = y;
+#pragma omp parallel for schedule(static)
+      for (size_t k = 0; k < count; k++)
+        d[k] = v[k] > 0.0f ? d[k] : 0.0f;
+    }
 }
 
 gboolean
@@ -710,7 +775,7 @@ _ead_cpu_train_backward (EadTrainExec *exec, const float *diff_out, GError **err
   for (int i = exec->nodes->len - 1; i >= 0; i--)
     {
       Node *node = &g_array_index (exec->nodes, Node, i);
-      float *diff = exec->diff_buffer[current];
+      void *diff = exec->diff_buffer[current];
       gboolean ok = TRUE;
 
       dnnl_memory_set_data_handle (node->diff_dst, diff);
@@ -729,7 +794,7 @@ _ead_cpu_train_backward (EadTrainExec *exec, const float *diff_out, GError **err
               {
                 if (!check (dnnl_stream_wait (exec->stream), "training backward", error))
                   return FALSE;
-                relu_backward (diff, node->dst_buffer, node->dst_elements);
+                relu_backward (exec->dt, diff, node->dst_buffer, node->dst_elements);
               }
             dnnl_memory_set_data_handle (node->grad_weights_user, exec->grad->weight[node->layer]);
             ok = execute (exec, node->backward_weights, 4,
@@ -768,9 +833,7 @@ _ead_cpu_train_backward (EadTrainExec *exec, const float *diff_out, GError **err
         case NODE_DROPOUT:
           if (!check (dnnl_stream_wait (exec->stream), "training backward", error))
             return FALSE;
-#pragma omp parallel for schedule(static)
-          for (size_t k = 0; k < node->dst_elements; k++)
-            diff[k] *= node->mask[k];
+          multiply (exec->dt, diff, diff, node->mask, node->dst_elements);
           break;
         }
       if (!ok)

@@ -46,6 +46,9 @@ struct _EadNetExec {
   GPtrArray *owned;       /* weight buffers */
   EadWorkspace *workspace;
   int threads;            /* oneDNN primitives run with the thread count they were made for */
+  dnnl_data_type_t dt;    /* of weights and activations: f32 or bf16 */
+  int images;             /* the batch; the primitives are made for one image */
+  size_t in_count, out_count;  /* floats per image at the boundary */
   size_t slot_size[2];
   size_t scratch_size;
   void *bound_base;       /* workspace base the handles point into */
@@ -255,18 +258,19 @@ compile_conv (EadNetExec *exec,
                                            layer->out_channels, relu ? " +relu" : "");
   gboolean ok;
 
-  dnnl_memory_desc_init_by_tag (&src_md, 4, src_dims, dnnl_f32, dnnl_format_tag_any);
-  dnnl_memory_desc_init_by_tag (&w_md, 4, w_dims, dnnl_f32, dnnl_format_tag_any);
+  dnnl_memory_desc_init_by_tag (&src_md, 4, src_dims, exec->dt, dnnl_format_tag_any);
+  dnnl_memory_desc_init_by_tag (&w_md, 4, w_dims, exec->dt, dnnl_format_tag_any);
   dnnl_memory_desc_init_by_tag (&w_user_md, 4, w_dims, dnnl_f32, dnnl_oihw);
+  /* the bias stays float32 in bf16 too: it is added to the float32 accumulator */
   dnnl_memory_desc_init_by_tag (&b_md, 1, b_dims, dnnl_f32, dnnl_x);
-  dnnl_memory_desc_init_by_tag (&dst_md, 4, dst_dims, dnnl_f32, dnnl_format_tag_any);
+  dnnl_memory_desc_init_by_tag (&dst_md, 4, dst_dims, exec->dt, dnnl_format_tag_any);
   /* Winograd F(4x4, 3x3) does the 3x3 layers with about half the multiplications, within
    * the parity tolerance, but keeps 4 times the weights (36 taps instead of 9): worth it
    * up to 256 x 256 channels (EfficientAD-S, the autoencoder), not for PDN-M's 512 x 512
    * layer, whose 38 MB of transformed weights would double the detector's memory.  oneDNN
-   * has Winograd for some shapes only, so direct is the fallback. */
+   * has Winograd for some shapes only (float32 only), so direct is the fallback. */
   attr = new_attr (relu);
-  if (layer->kernel == 3 && layer->stride == 1
+  if (exec->dt == dnnl_f32 && layer->kernel == 3 && layer->stride == 1
       && layer->in_channels * layer->out_channels <= 256 * 256
       && dnnl_convolution_forward_desc_init (&desc, dnnl_forward_inference,
                                              dnnl_convolution_winograd, &src_md, &w_md, &b_md,
@@ -369,7 +373,7 @@ compile_avgpool (EadNetExec *exec, const EadLayer *layer, int index, Activation 
   dnnl_pooling_v2_desc_t desc;
   g_autofree char *what = g_strdup_printf ("layer %d avgpool %d", index, layer->kernel);
 
-  dnnl_memory_desc_init_by_tag (&dst_md, 4, dst_dims, dnnl_f32, dnnl_format_tag_any);
+  dnnl_memory_desc_init_by_tag (&dst_md, 4, dst_dims, exec->dt, dnnl_format_tag_any);
   /* nn.AvgPool2d counts the zero padding (count_include_pad=True) */
   return check (dnnl_pooling_v2_forward_desc_init (&desc, dnnl_forward_inference,
                                                    dnnl_pooling_avg_include_padding,
@@ -389,7 +393,7 @@ compile_upsample (EadNetExec *exec, int index, int out_h, int out_w, Activation 
   dnnl_resampling_desc_t desc;
   g_autofree char *what = g_strdup_printf ("layer %d resize to %dx%d", index, out_w, out_h);
 
-  dnnl_memory_desc_init_by_tag (&dst_md, 4, dst_dims, dnnl_f32, dnnl_format_tag_any);
+  dnnl_memory_desc_init_by_tag (&dst_md, 4, dst_dims, exec->dt, dnnl_format_tag_any);
   /* oneDNN's linear resampling maps dst to src as (dst + 0.5) * in / out - 0.5 with edge
    * clamping: PyTorch's align_corners=False. */
   return check (dnnl_resampling_forward_desc_init (&desc, dnnl_forward_inference,
@@ -456,12 +460,22 @@ cpu_compile (EadBackend *backend,
     in_shape.c = net->layers[0].in_channels ? net->layers[0].in_channels : 1;
   if (!ead_net_shapes (net, in_shape, shapes, &out_shape, error))
     return NULL;
+  /* A batch runs image by image through primitives made for one image: on a CPU the
+   * convolutions of one 256 x 256 image already keep every core busy, and a batch's
+   * activations would only spill out of the caches (measured: bf16 at batch 8 took 2.6
+   * times as long per image as at batch 1, fp32 the same time) and take batch times the
+   * memory. */
+  in_dims[0] = 1;
 
   exec = g_new0 (EadNetExec, 1);
   exec->backend = backend;
   exec->engine = cpu->engine;
   exec->workspace = workspace;
   exec->threads = cpu->threads;
+  exec->dt = _ead_cpu_data_type (cpu);
+  exec->images = batch;
+  exec->in_count = (size_t) in_shape.c * height * width;
+  exec->out_count = (size_t) out_shape.c * out_shape.h * out_shape.w;
   omp_set_num_threads (exec->threads);
   exec->steps = g_array_new (FALSE, TRUE, sizeof (Step));
   exec->memories = g_array_new (FALSE, TRUE, sizeof (BoundMemory));
@@ -503,7 +517,7 @@ cpu_compile (EadBackend *backend,
     }
   if (ok)
     {
-      out_dims[0] = batch;
+      out_dims[0] = 1;
       out_dims[1] = out_shape.c;
       out_dims[2] = out_shape.h;
       out_dims[3] = out_shape.w;
@@ -567,14 +581,17 @@ cpu_forward (EadNetExec *exec, const float *in, float *out, GError **error)
 {
   g_return_val_if_fail (exec->workspace->data != NULL, FALSE);
   omp_set_num_threads (exec->threads);
-  bind_handles (exec, in, out);
-  for (guint i = 0; i < exec->steps->len; i++)
+  for (int n = 0; n < exec->images; n++)
     {
-      Step *step = &g_array_index (exec->steps, Step, i);
-      if (!check (dnnl_primitive_execute (step->primitive, exec->stream, step->n_args,
-                                          step->args),
-                  step->description, error))
-        return FALSE;
+      bind_handles (exec, in + n * exec->in_count, out + n * exec->out_count);
+      for (guint i = 0; i < exec->steps->len; i++)
+        {
+          Step *step = &g_array_index (exec->steps, Step, i);
+          if (!check (dnnl_primitive_execute (step->primitive, exec->stream, step->n_args,
+                                              step->args),
+                      step->description, error))
+            return FALSE;
+        }
     }
   return check (dnnl_stream_wait (exec->stream), "stream wait", error);
 }
@@ -694,6 +711,97 @@ cpu_get_threads (EadBackend *backend)
   return ((CpuBackend *) backend)->threads;
 }
 
+dnnl_data_type_t
+_ead_cpu_data_type (EadCpuBackend *cpu)
+{
+  return cpu->precision == EAD_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
+}
+
+static const char *
+isa_name (dnnl_cpu_isa_t isa)
+{
+  switch (isa)
+    {
+    case dnnl_cpu_isa_sse41:
+      return "sse41";
+    case dnnl_cpu_isa_avx:
+      return "avx";
+    case dnnl_cpu_isa_avx2:
+      return "avx2";
+    case dnnl_cpu_isa_avx2_vnni:
+      return "avx2_vnni";
+    case dnnl_cpu_isa_avx512_mic:
+    case dnnl_cpu_isa_avx512_mic_4ops:
+      return "avx512_mic";
+    case dnnl_cpu_isa_avx512_core:
+      return "avx512_core";
+    case dnnl_cpu_isa_avx512_core_vnni:
+      return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core_bf16:
+      return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_amx:
+      return "avx512_core_amx";
+    case dnnl_cpu_isa_all:
+    default:
+      return "unknown";
+    }
+}
+
+/* oneDNN has native bf16 kernels from AVX512-BF16 (vdpbf16ps) up, AMX included; below
+ * that it emulates bf16, slower than float32.  The effective ISA honours
+ * ONEDNN_MAX_CPU_ISA. */
+static gboolean
+cpu_has_fast_bf16 (dnnl_cpu_isa_t isa)
+{
+  return (isa & dnnl_cpu_isa_avx512_core_bf16) == dnnl_cpu_isa_avx512_core_bf16
+         && isa != dnnl_cpu_isa_avx2_vnni;
+}
+
+static gboolean
+cpu_set_precision (EadBackend *backend, EadPrecision precision, GError **error)
+{
+  CpuBackend *cpu = (CpuBackend *) backend;
+  dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa ();
+  gboolean fast_bf16 = cpu_has_fast_bf16 (isa);
+
+  if (precision == EAD_PRECISION_BF16 && !fast_bf16)
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_UNSUPPORTED,
+                   "bf16 needs a CPU with AVX512-BF16 or AMX; oneDNN runs this one with "
+                   "ISA %s, where bf16 would be emulated and slower than fp32 "
+                   "(use --precision fp32 or auto)", isa_name (isa));
+      return FALSE;
+    }
+  g_free (cpu->precision_note);
+  if (precision == EAD_PRECISION_AUTO)
+    {
+      cpu->precision = fast_bf16 ? EAD_PRECISION_BF16 : EAD_PRECISION_FP32;
+      cpu->precision_note = g_strdup_printf ("%s (auto: %s ISA %s)",
+                                             ead_precision_name (cpu->precision),
+                                             fast_bf16 ? "bf16 kernels for" : "no bf16 kernels for",
+                                             isa_name (isa));
+    }
+  else
+    {
+      cpu->precision = precision;
+      cpu->precision_note = g_strdup_printf ("%s (oneDNN ISA %s)", ead_precision_name (precision),
+                                             isa_name (isa));
+    }
+  return TRUE;
+}
+
+static EadPrecision
+cpu_get_precision (EadBackend *backend)
+{
+  return ((CpuBackend *) backend)->precision;
+}
+
+static const char *
+cpu_describe_precision (EadBackend *backend)
+{
+  return ((CpuBackend *) backend)->precision_note;
+}
+
 EadBackend *
 ead_backend_cpu (void)
 {
@@ -717,10 +825,16 @@ ead_backend_cpu (void)
         .train_describe = _ead_cpu_train_describe,
         .set_threads = cpu_set_threads,
         .get_threads = cpu_get_threads,
+        .set_precision = cpu_set_precision,
+        .get_precision = cpu_get_precision,
+        .describe_precision = cpu_describe_precision,
       };
       if (dnnl_engine_create (&cpu.engine, dnnl_cpu, 0) != dnnl_success)
         g_error ("oneDNN: cannot create the CPU engine");
       cpu.threads = omp_get_num_procs ();
+      cpu.precision = EAD_PRECISION_FP32;
+      cpu.precision_note = g_strdup_printf ("fp32 (oneDNN ISA %s)",
+                                            isa_name (dnnl_get_effective_cpu_isa ()));
       g_once_init_leave (&initialised, 1);
     }
   return &cpu.parent;

@@ -119,6 +119,38 @@ ead_backend_get (const char *device, GError **error)
   return ead_backend_cpu ();
 }
 
+gboolean
+ead_precision_parse (const char *text, EadPrecision *precision, GError **error)
+{
+  static const EadPrecision all[] = { EAD_PRECISION_AUTO, EAD_PRECISION_FP32,
+                                       EAD_PRECISION_BF16 };
+
+  for (size_t i = 0; text != NULL && i < G_N_ELEMENTS (all); i++)
+    if (g_ascii_strcasecmp (text, ead_precision_name (all[i])) == 0)
+      {
+        *precision = all[i];
+        return TRUE;
+      }
+  g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
+               "unknown precision '%s' (expected auto, fp32 or bf16)", text ? text : "");
+  return FALSE;
+}
+
+const char *
+ead_precision_name (EadPrecision precision)
+{
+  switch (precision)
+    {
+    case EAD_PRECISION_FP32:
+      return "fp32";
+    case EAD_PRECISION_BF16:
+      return "bf16";
+    case EAD_PRECISION_AUTO:
+    default:
+      return "auto";
+    }
+}
+
 void
 ead_dropout_mask (guint64 seed, int layer, float p, float *mask, size_t count)
 {

@@ -18,10 +18,18 @@ typedef struct _EadBackend EadBackend;
 typedef struct _EadNetExec EadNetExec;
 typedef struct _EadTrainExec EadTrainExec;
 
+/* The arithmetic of compiled networks.  bf16 keeps weights and activations in bfloat16
+ * and accumulates in float32; the boundary (inputs, outputs) stays float32, and so does
+ * everything after the networks (maps, normalisation, quantiles, scores). */
 typedef enum {
-  EAD_PRECISION_FP32,
+  EAD_PRECISION_FP32,  /* the default (0) */
   EAD_PRECISION_BF16,
+  EAD_PRECISION_AUTO,  /* bf16 where the hardware has fast bf16 kernels, else fp32 */
 } EadPrecision;
+
+/* "auto", "fp32", "bf16" (case-insensitive); anything else is an EAD_ERROR_INVALID. */
+gboolean ead_precision_parse (const char *text, EadPrecision *precision, GError **error);
+const char *ead_precision_name (EadPrecision precision);
 
 /* Shared scratch memory for the executables of one detector: they run one after the
  * other, so their activations and scratchpads can live in the same block.  Sized while
@@ -104,6 +112,15 @@ struct _EadBackend {
 
   void (*set_threads) (EadBackend *backend, int threads);
   int (*get_threads) (EadBackend *backend);
+
+  /* The precision of the networks compiled from now on (training included).  AUTO picks
+   * bf16 where the hardware has fast kernels for it, else fp32; an explicit bf16 without
+   * them is an EAD_ERROR_UNSUPPORTED error (it would run on slow reference code). */
+  gboolean (*set_precision) (EadBackend *backend, EadPrecision precision, GError **error);
+  EadPrecision (*get_precision) (EadBackend *backend);  /* never AUTO */
+  /* One line on what set_precision chose and why ("bf16 (oneDNN ISA avx512_core_bf16)",
+   * "fp32 (auto: no bf16 kernels for ISA avx2)"). */
+  const char *(*describe_precision) (EadBackend *backend);
 };
 
 /* Dropout keep-mask of one layer: value i (NCHW order) of the layer's output is kept,

@@ -10,6 +10,8 @@ struct _EadDetector {
   EadBackend *backend;
   EadModel *model;         /* weights and normalisation; a private copy of the numbers */
   int max_batch;
+  EadPrecision precision;
+  char *precision_note;
   int input_h, input_w;
   int map_h, map_w;
   EadWorkspace workspace;
@@ -42,6 +44,7 @@ ead_detector_free (EadDetector *detector)
   g_free (detector->map_ae);
   g_free (detector->map);
   g_free (detector->padded);
+  g_free (detector->precision_note);
   g_free (detector->model);
   g_free (detector);
 }
@@ -104,6 +107,10 @@ ead_detector_new (const EadModel *model, const EadDetectorOptions *options, GErr
   if (detector->backend == NULL)
     return NULL;
   detector->backend->set_threads (detector->backend, options->threads);
+  if (!detector->backend->set_precision (detector->backend, options->precision, error))
+    return NULL;
+  detector->precision = detector->backend->get_precision (detector->backend);
+  detector->precision_note = g_strdup (detector->backend->describe_precision (detector->backend));
   detector->max_batch = options->max_batch > 0 ? options->max_batch : 1;
   detector->input_h = model->input_height;
   detector->input_w = model->input_width;
@@ -316,8 +323,14 @@ ead_detector_describe (EadDetector *detector)
   g_autofree char *s = backend->exec_describe (detector->student[i]);
   g_autofree char *a = backend->exec_describe (detector->autoencoder[i]);
 
-  return g_strdup_printf ("backend %s, %d threads, batch %d\nteacher:\n%sstudent:\n%s"
-                          "autoencoder:\n%s",
+  return g_strdup_printf ("backend %s, %d threads, batch %d, precision %s\nteacher:\n%s"
+                          "student:\n%sautoencoder:\n%s",
                           backend->name, backend->get_threads (backend), detector->max_batch,
-                          t, s, a);
+                          detector->precision_note, t, s, a);
+}
+
+EadPrecision
+ead_detector_get_precision (EadDetector *detector)
+{
+  return detector->precision;
 }

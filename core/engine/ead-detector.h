@@ -19,6 +19,7 @@ typedef struct {
   int max_batch;       /* images per ead_detector_run(); default 1 */
   int threads;         /* 0: all cores */
   const char *device;  /* "cpu" (default), "cuda" or "auto" */
+  EadPrecision precision;  /* default fp32 */
 } EadDetectorOptions;
 
 /* The model is copied into the backend's layouts: it may be freed afterwards. */
@@ -74,6 +75,8 @@ float ead_map_upsample (EadBackend *backend,
                         int out_height,
                         int out_width,
                         float *full);
+
+EadPrecision ead_detector_get_precision (EadDetector *detector);
 
 /* What the backend chose for each primitive, one line each. */
 char *ead_detector_describe (EadDetector *detector);

@@ -159,6 +159,9 @@ ead_trainer_new (const EadModel *teacher,
     }
   trainer->backend = backend;
   backend->set_threads (backend, options->threads);
+  if (!backend->set_precision (backend, options->precision, error))
+    return NULL;
+  trainer->options.precision = backend->get_precision (backend);
 
   trainer->model = ead_model_new (teacher->arch);
   trainer->model->input_height = h;
@@ -598,12 +601,13 @@ run_identity (const EadTrainer *trainer)
   g_autofree char *teacher = ead_net_digest (trainer->model->teacher);
 
   return g_strdup_printf ("%s seed=%" G_GUINT64_FORMAT " steps=%d input=%dx%d data=%s "
-                          "penalty=%s teacher=%s lr=%.17g wd=%.17g",
+                          "penalty=%s teacher=%s lr=%.17g wd=%.17g%s",
                           ead_arch_name (trainer->model->arch), trainer->options.seed,
                           trainer->options.steps, trainer->model->input_height,
                           trainer->model->input_width, trainer->data->snapshot,
                           trainer->penalty ? trainer->penalty->snapshot : "none", teacher,
-                          trainer->options.learning_rate, trainer->options.weight_decay);
+                          trainer->options.learning_rate, trainer->options.weight_decay,
+                          trainer->options.precision == EAD_PRECISION_BF16 ? " precision=bf16" : "");
 }
 
 static gboolean
@@ -768,6 +772,7 @@ set_metadata (EadTrainer *trainer)
   SET ("ead.train.dataset", "%s", trainer->data->root);
   SET ("ead.train.dataset.snapshot", "%s", trainer->data->snapshot);
   SET ("ead.train.penalty", "%s", trainer->penalty ? trainer->penalty->root : "none");
+  SET ("ead.train.precision", "%s", ead_precision_name (trainer->options.precision));
   SET ("ead.train.loss.final", "%.6g", mean[0]);
   SET ("ead.train.loss.hard", "%.6g", mean[1]);
   SET ("ead.train.loss.penalty", "%.6g", mean[2]);
@@ -777,6 +782,34 @@ set_metadata (EadTrainer *trainer)
 #undef SET
   g_hash_table_insert (metadata, g_strdup ("ead.teacher.sha256"),
                        ead_net_digest (trainer->model->teacher));
+}
+
+EadPrecision
+ead_trainer_get_precision (EadTrainer *trainer)
+{
+  return trainer->options.precision;
+}
+
+EadBackend *
+ead_trainer_get_backend (EadTrainer *trainer)
+{
+  return trainer->backend;
+}
+
+char *
+ead_trainer_describe (EadTrainer *trainer)
+{
+  EadBackend *backend = trainer->backend;
+  g_autofree char *teacher = trainer->teacher2 ? backend->exec_describe (trainer->teacher2) : NULL;
+  g_autofree char *student = trainer->student2 ? backend->train_describe (trainer->student2) : NULL;
+  g_autofree char *ae = trainer->autoencoder ? backend->train_describe (trainer->autoencoder) : NULL;
+
+  return g_strdup_printf ("training: backend %s, %d threads, precision %s\nteacher:\n%s"
+                          "student:\n%sautoencoder:\n%s",
+                          backend->name, backend->get_threads (backend),
+                          ead_precision_name (trainer->options.precision),
+                          teacher ? teacher : "(released)\n", student ? student : "(released)\n",
+                          ae ? ae : "(released)\n");
 }
 
 static void

@@ -10,6 +10,7 @@
 
 #include <glib.h>
 
+#include "ead-backend.h"
 #include "ead-dataset.h"
 #include "ead-model.h"
 
@@ -22,6 +23,8 @@ typedef struct {
   guint64 seed;              /* student/AE initialisation and every random draw */
   int threads;               /* 0: all cores */
   const char *device;        /* "cpu" (default) */
+  EadPrecision precision;    /* fp32 (default) or bf16: mixed precision, float32 master
+                              * weights, Adam state, losses and quantiles */
   int checkpoint_every;      /* steps between checkpoints; 0: none */
   const char *checkpoint_path;  /* where checkpoints go (atomically replaced) */
   gboolean resume;           /* continue from checkpoint_path when it exists */
@@ -71,6 +74,12 @@ EadModel *ead_trainer_run (EadTrainer *trainer,
                            gpointer user_data,
                            const gint *cancel,
                            GError **error);
+
+/* The precision the trainer runs in (never AUTO), and what the backend chose for each
+ * primitive of its networks, one line each. */
+EadPrecision ead_trainer_get_precision (EadTrainer *trainer);
+EadBackend *ead_trainer_get_backend (EadTrainer *trainer);
+char *ead_trainer_describe (EadTrainer *trainer);
 
 /* Loss history so far: steps x EAD_TRAIN_LOSSES floats (total, hard, penalty, ae, stae). */
 #define EAD_TRAIN_LOSSES 5

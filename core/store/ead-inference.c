@@ -656,6 +656,7 @@ ead_inference_job_run (EadInferenceJob *job,
       detector_options.max_batch = (int) MIN ((guint64) job->options.batch, state.total);
       detector_options.threads = job->options.threads;
       detector_options.device = job->options.device;
+      detector_options.precision = job->options.precision;
       detector = ead_detector_new (model, &detector_options, &local_error);
       ok = detector != NULL;
       g_clear_pointer (&model, ead_model_free);

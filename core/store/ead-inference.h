@@ -27,6 +27,7 @@
 
 #include <glib.h>
 
+#include "ead-backend.h"
 #include "ead-image.h"
 #include "ead-import.h"
 #include "ead-project.h"
@@ -44,6 +45,7 @@ typedef struct {
   int batch;              /* images per network run and per transaction */
   int threads;            /* CPU threads for the network and for decoding; 0: all cores */
   const char *device;     /* "cpu" (default), "cuda" or "auto" */
+  EadPrecision precision; /* fp32 (default), bf16 or auto */
   guint64 max_pixels;     /* images with more pixels fail; 0: EAD_IMAGE_DEFAULT_MAX_PIXELS */
 } EadInferenceOptions;
 
