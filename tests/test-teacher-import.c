@@ -5,7 +5,8 @@
  *   - the checkpoint reader on the committed fixtures of tests/fixtures/pth (made by
  *     make-pth-fixtures.py small): float16/bfloat16/float64, views with offsets and
  *     strides, shared storages, a wrapped state_dict, and every hostile or broken file
- *     refused with the right error;
+ *     refused with the right error; the same from memory (ead_torch_checkpoint_read_bytes);
+ *     the inputs the fuzz targets of tests/fuzz found;
  *   - teacher import: key names and shapes checked, the other --model suggested;
  *   - import parity: when /usr/bin/python3 has torch, full-size PDN-S and PDN-M teachers
  *     (nelson1425's and anomalib's key names, one of each size in float16) are made in a
@@ -177,7 +178,7 @@ static const struct {
   CASE ("\x80\x02" "ctorch.nn.modules.conv\nConv2d\n.", EAD_ERROR_UNSUPPORTED,
         "torch.nn.modules.conv.Conv2d", "model.state_dict()"),
   CASE ("\x80\x02" "c__torch__.Net\nNet\n.", EAD_ERROR_UNSUPPORTED, "TorchScript"),
-  CASE ("\x80\x02" "ctorch\nLongStorage\n.", EAD_ERROR_UNSUPPORTED, "torch.LongStorage",
+  CASE ("\x80\x02" "ctorch\nIntStorage\n.", EAD_ERROR_UNSUPPORTED, "torch.IntStorage",
         "other than float32"),
   CASE ("\x80\x04\x95\x00.", EAD_ERROR_UNSUPPORTED, "pickle protocol 4"),
   CASE ("\x80\x02I1\n.", EAD_ERROR_UNSUPPORTED, "INT at offset 2", "0x49"),
@@ -474,6 +475,169 @@ test_checkpoint_mutations (void)
   remove_tree (dir);
 }
 
+/* Every fixture read from memory as from its file: the same tensors, or the same error. */
+static void
+test_checkpoint_bytes (void)
+{
+  g_autofree char *dir = ead_test_fixture_path ("pth");
+  g_autoptr (GDir) listing = g_dir_open (dir, 0, NULL);
+  const char *name;
+  guint n_files = 0;
+
+  g_assert_nonnull (listing);
+  while ((name = g_dir_read_name (listing)) != NULL)
+    {
+      g_autofree char *path = g_build_filename (dir, name, NULL);
+      g_autofree char *contents = NULL;
+      g_autoptr (GError) file_error = NULL;
+      g_autoptr (GError) bytes_error = NULL;
+      g_autoptr (EadTorchCheckpoint) from_file = NULL;
+      g_autoptr (EadTorchCheckpoint) from_bytes = NULL;
+      gsize size;
+
+      g_assert_true (g_file_get_contents (path, &contents, &size, NULL));
+      from_file = ead_torch_checkpoint_read (path, &file_error);
+      from_bytes = ead_torch_checkpoint_read_bytes ((const guint8 *) contents, size, path,
+                                                    &bytes_error);
+      g_test_message ("%s: %s", name, file_error ? file_error->message : "(accepted)");
+      if (from_file == NULL)
+        {
+          g_assert_null (from_bytes);
+          g_assert_error (bytes_error, EAD_ERROR, file_error->code);
+          g_assert_cmpstr (bytes_error->message, ==, file_error->message);
+          n_files++;
+          continue;
+        }
+      g_assert_no_error (bytes_error);
+      g_assert_cmpstr (from_bytes->path, ==, path);
+      g_assert_cmpstr (from_bytes->container_key, ==, from_file->container_key);
+      g_assert_cmpuint (from_bytes->tensors->len, ==, from_file->tensors->len);
+      for (guint i = 0; i < from_file->tensors->len; i++)
+        {
+          const EadTorchTensor *a = from_file->tensors->pdata[i];
+          const EadTorchTensor *b = from_bytes->tensors->pdata[i];
+
+          g_assert_cmpstr (a->name, ==, b->name);
+          g_assert_cmpuint (a->n_elements, ==, b->n_elements);
+          g_assert_cmpmem (a->data, a->n_elements * sizeof (float), b->data,
+                           b->n_elements * sizeof (float));
+        }
+      n_files++;
+    }
+  g_assert_cmpuint (n_files, >=, 10);
+}
+
+/* A copy of small.pth with its archive folder named folder and, when byteorder is not
+ * NULL, a byteorder record of byteorder_size bytes; the path, in dir. */
+static char *
+write_small_variant (const char *dir, const char *folder, const char *byteorder,
+                     gsize byteorder_size)
+{
+  g_autofree char *source_path = pth_path ("small.pth");
+  char *path = g_build_filename (dir, "variant.pth", NULL);
+  zip_t *source = zip_open (source_path, ZIP_RDONLY, NULL);
+  zip_t *copy = zip_open (path, ZIP_CREATE | ZIP_TRUNCATE, NULL);
+
+  g_assert_nonnull (source);
+  g_assert_nonnull (copy);
+  for (zip_int64_t i = 0; i < zip_get_num_entries (source, 0); i++)
+    {
+      const char *name = zip_get_name (source, i, 0);
+      g_autofree char *renamed = g_strconcat (folder, strchr (name, '/'), NULL);
+      zip_stat_t st;
+      zip_file_t *file = zip_fopen_index (source, i, 0);
+      guint8 *data;
+
+      g_assert_nonnull (file);
+      g_assert_cmpint (zip_stat_index (source, i, 0, &st), ==, 0);
+      data = g_malloc (MAX (st.size, 1));
+      g_assert_cmpint (zip_fread (file, data, st.size), ==, (zip_int64_t) st.size);
+      zip_fclose (file);
+      g_assert_cmpint (zip_file_add (copy, renamed, zip_source_buffer (copy, data, st.size, 1),
+                                     0), >=, 0);
+    }
+  if (byteorder != NULL)
+    {
+      g_autofree char *name = g_strconcat (folder, "/byteorder", NULL);
+
+      g_assert_cmpint (zip_file_add (copy, name,
+                                     zip_source_buffer (copy, byteorder, byteorder_size, 0),
+                                     0), >=, 0);
+    }
+  g_assert_cmpint (zip_close (copy), ==, 0);
+  zip_discard (source);
+  return path;
+}
+
+/* What fuzz-torch-checkpoint found (tests/fuzz): bytes of the file that reached an error
+ * message unchecked, which must stay UTF-8 for GLib and GTK to show it; each kind made
+ * from small.pth. */
+static void
+test_checkpoint_fuzz_regressions (void)
+{
+  static const struct {
+    const char *folder;
+    const char *byteorder;
+    gsize byteorder_size;
+    int code;
+    const char *needles[3];
+  } cases[] = {
+    { "small", "little", 6, -1, { NULL } },
+    { "small", "b\x89g", 3, EAD_ERROR_UNSUPPORTED, { "byte order 'b\\211g'", NULL } },
+    { "small", "big\0ian", 7, EAD_ERROR_UNSUPPORTED, { "byte order 'big'", NULL } },
+    /* an overlong encoding, which libzip's check of UTF-8 names lets through */
+    { "\xc1\xb2" "chive", NULL, 0, EAD_ERROR_FORMAT, { "folder of data.pkl", "not UTF-8" } },
+  };
+  g_autofree char *dir = g_dir_make_tmp ("test-teacher-import-XXXXXX", NULL);
+
+  for (size_t i = 0; i < G_N_ELEMENTS (cases); i++)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autoptr (EadTorchCheckpoint) checkpoint = NULL;
+      g_autofree char *path = write_small_variant (dir, cases[i].folder, cases[i].byteorder,
+                                                   cases[i].byteorder_size);
+
+      checkpoint = ead_torch_checkpoint_read (path, &error);
+      g_test_message ("case %zu: %s", i, error ? error->message : "(accepted)");
+      if (cases[i].code < 0)
+        {
+          g_assert_no_error (error);
+          g_assert_cmpuint (checkpoint->tensors->len, ==, 8);
+          continue;
+        }
+      g_assert_null (checkpoint);
+      assert_error (error, cases[i].code, cases[i].needles);
+      g_assert_true (g_utf8_validate (error->message, -1, NULL));
+    }
+  remove_tree (dir);
+}
+
+/* The inputs themselves, kept in tests/fuzz/regressions (and among the fuzzer's seeds). */
+static void
+test_checkpoint_fuzz_inputs (void)
+{
+  g_autofree char *dir = ead_test_fixture_path ("../fuzz/regressions");
+  g_autoptr (GDir) listing = g_dir_open (dir, 0, NULL);
+  const char *name;
+  guint n_files = 0;
+
+  g_assert_nonnull (listing);
+  while ((name = g_dir_read_name (listing)) != NULL)
+    {
+      g_autofree char *path = g_build_filename (dir, name, NULL);
+      g_autoptr (GError) error = NULL;
+      g_autoptr (EadTorchCheckpoint) checkpoint = ead_torch_checkpoint_read (path, &error);
+
+      g_test_message ("%s: %s", name, error ? error->message : "(accepted)");
+      g_assert_null (checkpoint);
+      g_assert_nonnull (error);
+      g_assert_true (g_utf8_validate (error->message, -1, NULL));
+      g_assert_true (g_str_has_prefix (error->message, path));
+      n_files++;
+    }
+  g_assert_cmpuint (n_files, >=, 2);
+}
+
 /* ---- teacher import ---- */
 
 static void
@@ -672,6 +836,9 @@ main (int argc, char **argv)
   g_test_add_func ("/checkpoint/wrapped", test_checkpoint_wrapped);
   g_test_add_func ("/checkpoint/refusals", test_checkpoint_refusals);
   g_test_add_func ("/checkpoint/mutations", test_checkpoint_mutations);
+  g_test_add_func ("/checkpoint/bytes", test_checkpoint_bytes);
+  g_test_add_func ("/checkpoint/fuzz-regressions", test_checkpoint_fuzz_regressions);
+  g_test_add_func ("/checkpoint/fuzz-inputs", test_checkpoint_fuzz_inputs);
   g_test_add_func ("/teacher-import/refusals", test_import_refusals);
   g_test_add_func ("/teacher-import/parity", test_import_parity);
   return g_test_run ();

@@ -178,6 +178,7 @@ static const struct {
   [EAD_TORCH_FLOAT16] = { "HalfStorage", "float16", 2 },
   [EAD_TORCH_BFLOAT16] = { "BFloat16Storage", "bfloat16", 2 },
   [EAD_TORCH_FLOAT64] = { "DoubleStorage", "float64", 8 },
+  [EAD_TORCH_INT64] = { "LongStorage", "int64", 8 },
 };
 
 const char *
@@ -517,10 +518,11 @@ op_global (Machine *m)
     hint = "; this looks like a TorchScript archive (torch.jit.save): save the model's "
            "state_dict() with torch.save instead";
   else if (g_str_equal (module, "torch") && g_str_has_suffix (name, "Storage"))
-    hint = "; it holds tensors of a type other than float32, float16, bfloat16 or float64";
+    hint = "; it holds tensors of a type other than float32, float16, bfloat16, float64 or "
+           "int64";
   return fail (m, EAD_ERROR_UNSUPPORTED,
                "global '%s.%s' is not allowed: a state_dict needs only collections.OrderedDict, "
-               "torch._utils._rebuild_tensor_v2 and torch.{Float,Half,BFloat16,Double}Storage, "
+               "torch._utils._rebuild_tensor_v2 and torch.{Float,Half,BFloat16,Double,Long}Storage, "
                "and nothing else in the file is run%s", module, name, hint);
 }
 

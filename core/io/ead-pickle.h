@@ -10,7 +10,8 @@
  *     REDUCE, BUILD, BINPERSID, the memo, tuples, lists, dicts, str, int, float, bool,
  *     None); any other opcode is an error naming it and its offset;
  *   - the globals collections.OrderedDict, torch._utils._rebuild_tensor_v2 and the
- *     storage types torch.FloatStorage, HalfStorage, BFloat16Storage and DoubleStorage;
+ *     storage types torch.FloatStorage, HalfStorage, BFloat16Storage, DoubleStorage and
+ *     LongStorage (batch norms' num_batches_tracked);
  *     any other global is refused when it is read, before anything could call it;
  *   - persistent ids of the form ('storage', storage type, key, location, numel).
  *
@@ -57,7 +58,10 @@ typedef enum {
   EAD_TORCH_FLOAT16,
   EAD_TORCH_BFLOAT16,
   EAD_TORCH_FLOAT64,
+  EAD_TORCH_INT64,
 } EadTorchDtype;
+
+#define EAD_TORCH_N_DTYPES (EAD_TORCH_INT64 + 1)
 
 typedef enum {
   EAD_PICKLE_GLOBAL_ORDERED_DICT,

@@ -239,7 +239,7 @@ static char *
 stored_dtypes (const EadTorchCheckpoint *checkpoint)
 {
   GString *text = g_string_new (NULL);
-  gboolean seen[EAD_TORCH_FLOAT64 + 1] = { FALSE };
+  gboolean seen[EAD_TORCH_N_DTYPES] = { FALSE };
 
   for (guint i = 0; i < checkpoint->tensors->len; i++)
     {

@@ -67,20 +67,13 @@ ead_torch_shape_string (int n_dims, const gint64 *shape)
 
 /* ---- the file ---- */
 
-/* Says why a file that libzip cannot open is not a checkpoint we read. */
+/* Says why a file that libzip cannot open is not a checkpoint we read, from its first got
+ * bytes (head). */
 static void
-explain_not_zip (const char *path, const char *reason, GError **error)
+explain_not_zip (const char *path, const guint8 *head, gsize got, const char *reason,
+                 GError **error)
 {
-  guint8 head[sizeof legacy_magic] = { 0 };
-  size_t got = 0;
-  FILE *file = g_fopen (path, "rb");
-
-  if (file != NULL)
-    {
-      got = fread (head, 1, sizeof head, file);
-      fclose (file);
-    }
-  if (got == sizeof legacy_magic && memcmp (head, legacy_magic, sizeof legacy_magic) == 0)
+  if (got >= sizeof legacy_magic && memcmp (head, legacy_magic, sizeof legacy_magic) == 0)
     g_set_error (error, EAD_ERROR, EAD_ERROR_UNSUPPORTED,
                  "%s: the legacy torch.save format of PyTorch < 1.6 is not supported; re-save "
                  "it with a newer PyTorch: torch.save(torch.load(OLD), NEW)", path);
@@ -125,9 +118,42 @@ open_archive (const char *path, GError **error)
     g_set_error (error, EAD_ERROR, EAD_ERROR_IO, "%s: cannot read the file: %s", path,
                  zip_error_strerror (&zip_error));
   else
-    explain_not_zip (path, zip_error_strerror (&zip_error), error);
+    {
+      guint8 head[sizeof legacy_magic] = { 0 };
+      gsize got = 0;
+      FILE *file = g_fopen (path, "rb");
+
+      if (file != NULL)
+        {
+          got = fread (head, 1, sizeof head, file);
+          fclose (file);
+        }
+      explain_not_zip (path, head, got, zip_error_strerror (&zip_error), error);
+    }
   zip_error_fini (&zip_error);
   return NULL;
+}
+
+/* The archive in data[0..size), which must outlive it: libzip reads it in place. */
+static zip_t *
+open_archive_bytes (const guint8 *data, gsize size, const char *name, GError **error)
+{
+  zip_source_t *source;
+  zip_error_t zip_error;
+  zip_t *zip;
+
+  zip_error_init (&zip_error);
+  source = zip_source_buffer_create (data, size, 0, &zip_error);
+  zip = source != NULL ? zip_open_from_source (source, ZIP_RDONLY, &zip_error) : NULL;
+  if (zip == NULL)
+    {
+      if (source != NULL)
+        zip_source_free (source);
+      explain_not_zip (name, data, MIN (size, sizeof legacy_magic),
+                       zip_error_strerror (&zip_error), error);
+    }
+  zip_error_fini (&zip_error);
+  return zip;
 }
 
 /* The whole of an entry, checked against libzip's CRC; entries over max_size are refused
@@ -184,7 +210,8 @@ read_entry (zip_t *zip, zip_uint64_t index, const char *path, guint64 max_size, 
 }
 
 /* The index of "<archive>/data.pkl", the archive folder being whatever torch.save named
- * it (the file's stem, or "archive"). */
+ * it (the file's stem, or "archive").  The folder must be named in UTF-8, as torch.save
+ * does: the names of the records read then are, and so are the messages that show them. */
 static gboolean
 find_pickle (zip_t *zip, const char *path, zip_uint64_t *index, char **prefix, GError **error)
 {
@@ -197,6 +224,12 @@ find_pickle (zip_t *zip, const char *path, zip_uint64_t *index, char **prefix, G
 
       if (slash != NULL && slash != name && g_str_equal (slash, "/data.pkl"))
         {
+          if (!g_utf8_validate (name, slash - name, NULL))
+            {
+              g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                           "%s: the folder of data.pkl has a name that is not UTF-8", path);
+              return FALSE;
+            }
           *index = i;
           *prefix = g_strndup (name, slash - name);
           return TRUE;
@@ -214,6 +247,8 @@ check_byteorder (zip_t *zip, const char *path, const char *prefix, GError **erro
 {
   g_autofree char *name = g_strconcat (prefix, "/byteorder", NULL);
   g_autofree guint8 *data = NULL;
+  g_autofree char *text = NULL;
+  g_autofree char *shown = NULL;
   zip_int64_t index = zip_name_locate (zip, name, 0);
   gsize size;
 
@@ -224,9 +259,12 @@ check_byteorder (zip_t *zip, const char *path, const char *prefix, GError **erro
     return FALSE;
   if (size == 6 && memcmp (data, "little", 6) == 0)
     return TRUE;
+  /* the record is any bytes: escaped, so that the message stays UTF-8 */
+  text = g_strndup ((const char *) data, size);
+  shown = g_strescape (text, NULL);
   g_set_error (error, EAD_ERROR, EAD_ERROR_UNSUPPORTED,
-               "%s: storages of byte order '%.*s' (only little-endian is supported)", path,
-               (int) size, (const char *) data);
+               "%s: storages of byte order '%s' (only little-endian is supported)", path,
+               shown);
   return FALSE;
 }
 
@@ -363,6 +401,8 @@ element (const guint8 *raw, EadTorchDtype dtype, guint64 i)
     case EAD_TORCH_FLOAT64:
       memcpy (&twice, &bits, sizeof twice);
       return (float) twice;
+    case EAD_TORCH_INT64:
+      return (float) (gint64) bits;
     case EAD_TORCH_FLOAT32:
     default:
       bits32 = bits;
@@ -453,8 +493,9 @@ gather (const Storage *storage, const EadPickleValue *value, float *out)
     }
 }
 
-EadTorchCheckpoint *
-ead_torch_checkpoint_read (const char *path, GError **error)
+/* The checkpoint in an open archive, which it closes; path names it in messages. */
+static EadTorchCheckpoint *
+read_archive (zip_t *zip, const char *path, GError **error)
 {
   g_autoptr (EadTorchCheckpoint) checkpoint = g_new0 (EadTorchCheckpoint, 1);
   g_autoptr (EadPickle) pickle = NULL;
@@ -466,12 +507,8 @@ ead_torch_checkpoint_read (const char *path, GError **error)
   guint64 storage_budget = EAD_TORCH_MAX_ELEMENTS;
   guint64 output_budget = EAD_TORCH_MAX_ELEMENTS;
   gsize size;
-  zip_t *zip;
   gboolean ok = FALSE;
 
-  zip = open_archive (path, error);
-  if (zip == NULL)
-    return NULL;
   checkpoint->path = g_strdup (path);
   checkpoint->tensors = g_ptr_array_new_with_free_func (tensor_free);
   storages = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, storage_free);
@@ -526,4 +563,21 @@ ead_torch_checkpoint_read (const char *path, GError **error)
 out:
   zip_discard (zip);
   return ok ? g_steal_pointer (&checkpoint) : NULL;
+}
+
+EadTorchCheckpoint *
+ead_torch_checkpoint_read (const char *path, GError **error)
+{
+  zip_t *zip = open_archive (path, error);
+
+  return zip != NULL ? read_archive (zip, path, error) : NULL;
+}
+
+EadTorchCheckpoint *
+ead_torch_checkpoint_read_bytes (const guint8 *data, gsize size, const char *name,
+                                 GError **error)
+{
+  zip_t *zip = open_archive_bytes (data, size, name, error);
+
+  return zip != NULL ? read_archive (zip, name, error) : NULL;
 }

@@ -10,7 +10,7 @@
  * The legacy format of PyTorch < 1.6 (a bare pickle followed by the storages) is refused
  * with a message saying how to re-save the file.  Tensors are gathered through their
  * storage offset and strides (views, transposes), and converted to float from float32,
- * float16, bfloat16 or float64.
+ * float16, bfloat16, float64 or int64 (exact up to 2^24: batch norms' counters).
  */
 #pragma once
 
@@ -44,6 +44,11 @@ typedef struct {
  * storages, an opcode or global a state_dict does not need), EAD_ERROR_LIMIT.  Messages
  * start with the path. */
 EadTorchCheckpoint *ead_torch_checkpoint_read (const char *path, GError **error);
+/* The same from a checkpoint already in memory (data[0..size), read in place and not
+ * kept), e.g. a fuzzer's input: name stands for the path in messages and in ->path, and
+ * the errors are those above but EAD_ERROR_IO. */
+EadTorchCheckpoint *ead_torch_checkpoint_read_bytes (const guint8 *data, gsize size,
+                                                     const char *name, GError **error);
 void ead_torch_checkpoint_free (EadTorchCheckpoint *checkpoint);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (EadTorchCheckpoint, ead_torch_checkpoint_free)
 
