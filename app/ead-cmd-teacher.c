@@ -1,11 +1,18 @@
-/* ead teacher import */
+/* ead teacher import, ead teacher pretrain */
 #include "config.h"
 
+#include <gio/gio.h>
+#include <glib/gstdio.h>
+#include <signal.h>
 #include <stdio.h>
+#include <string.h>
+#include <unistd.h>
 
+#include "ead-backbone.h"
 #include "ead-bundle.h"
 #include "ead-cli.h"
 #include "ead-model.h"
+#include "ead-pretrain.h"
 #include "ead-teacher-import.h"
 
 static void
@@ -92,14 +99,339 @@ teacher_import (int argc, char **argv)
   return EAD_EXIT_OK;
 }
 
+/* ---- ead teacher pretrain ---- */
+
+typedef struct {
+  gboolean json;
+  gboolean terminal;
+  int log_every;
+} Reporter;
+
+static gint cancel_requested;
+
+static void
+on_signal (int signum)
+{
+  g_atomic_int_set (&cancel_requested, 1);
+}
+
+static const char *
+phase_name (EadPretrainPhase phase)
+{
+  return phase == EAD_PRETRAIN_PHASE_STATISTICS ? "target statistics" : "distillation";
+}
+
+static char *
+format_duration (double seconds)
+{
+  int s = (int) (seconds + 0.5);
+
+  if (s >= 3600)
+    return g_strdup_printf ("%dh%02dm", s / 3600, s / 60 % 60);
+  return g_strdup_printf ("%dm%02ds", s / 60, s % 60);
+}
+
+static void
+report (const EadPretrainProgress *progress, gpointer user_data)
+{
+  Reporter *reporter = user_data;
+  gboolean training = progress->phase == EAD_PRETRAIN_PHASE_TRAINING;
+  gboolean last = progress->step == progress->steps;
+
+  if (reporter->json)
+    {
+      if (!last && progress->step % reporter->log_every != 0)
+        return;
+      printf ("{\"event\":\"progress\",\"phase\":\"%s\",\"step\":%d,\"steps\":%d,"
+              "\"loss\":%.6g,\"elapsed_s\":%.1f,\"eta_s\":%.1f}\n",
+              training ? "training" : "statistics", progress->step, progress->steps,
+              training ? progress->loss : 0.0, progress->elapsed_s, progress->eta_s);
+      fflush (stdout);
+      return;
+    }
+  if (reporter->terminal)
+    {
+      int width = 30, filled = (int) ((double) width * progress->step / progress->steps);
+      g_autofree char *elapsed = format_duration (progress->elapsed_s);
+      g_autofree char *eta = format_duration (progress->eta_s);
+      char bar[64];
+
+      for (int i = 0; i < width; i++)
+        bar[i] = i < filled ? '#' : '.';
+      bar[width] = '\0';
+      if (training)
+        fprintf (stderr, "\r%-18s [%s] %d/%d loss %.4f %s ETA %s  ", phase_name (progress->phase),
+                 bar, progress->step, progress->steps, progress->loss, elapsed, eta);
+      else
+        fprintf (stderr, "\r%-18s [%s] %d/%d %s ETA %s  ", phase_name (progress->phase), bar,
+                 progress->step, progress->steps, elapsed, eta);
+      if (last)
+        fputc ('\n', stderr);
+      return;
+    }
+  if (progress->step % reporter->log_every == 0 || last)
+    {
+      if (training)
+        printf ("step %d/%d loss %.5f elapsed %.0f s, ETA %.0f s\n", progress->step,
+                progress->steps, progress->loss, progress->elapsed_s, progress->eta_s);
+      else
+        printf ("%s: %d/%d samples (two passes), %.0f s\n", phase_name (progress->phase),
+                progress->step, progress->steps, progress->elapsed_s);
+      fflush (stdout);
+    }
+}
+
+/* "ead teacher ARGS...", shell-quoted, for the bundle's record of how it was made. */
+static char *
+command_line (int argc, char **argv)
+{
+  GString *text = g_string_new ("ead teacher");
+
+  for (int i = 0; i < argc; i++)
+    {
+      const char *arg = argv[i];
+      gboolean plain = arg[0] != '\0';
+
+      for (const char *p = arg; *p != '\0' && plain; p++)
+        plain = g_ascii_isalnum (*p) || strchr ("_-+=.,:/@%", *p) != NULL;
+      if (plain)
+        g_string_append_printf (text, " %s", arg);
+      else
+        {
+          g_autofree char *quoted = g_shell_quote (arg);
+          g_string_append_printf (text, " %s", quoted);
+        }
+    }
+  return g_string_free (text, FALSE);
+}
+
+static void
+print_pretrain_done (const char *out, const EadModel *model, gboolean json, double seconds)
+{
+  GHashTable *metadata = model->metadata;
+
+  if (json)
+    {
+      g_autoptr (JsonBuilder) builder = json_builder_new ();
+      g_autoptr (JsonNode) root = NULL;
+      g_autofree char *line = NULL;
+      static const char *const keys[][2] = {
+        { "backbone", "ead.pretrain.backbone" },
+        { "backbone_sha256", "ead.pretrain.backbone.sha256" },
+        { "layers", "ead.pretrain.layers" },
+        { "images", "ead.pretrain.images.count" },
+        { "unreadable_images", "ead.pretrain.images.unreadable" },
+        { "loss", "ead.pretrain.loss.final" },
+        { "precision", "ead.pretrain.precision" },
+        { "sha256", "ead.teacher.sha256" },
+      };
+
+      json_builder_begin_object (builder);
+      json_builder_set_member_name (builder, "event");
+      json_builder_add_string_value (builder, "done");
+      json_builder_set_member_name (builder, "out");
+      json_builder_add_string_value (builder, out);
+      json_builder_set_member_name (builder, "arch");
+      json_builder_add_string_value (builder, ead_arch_name (model->arch));
+      for (size_t i = 0; i < G_N_ELEMENTS (keys); i++)
+        {
+          json_builder_set_member_name (builder, keys[i][0]);
+          json_builder_add_string_value (builder, g_hash_table_lookup (metadata, keys[i][1]));
+        }
+      json_builder_set_member_name (builder, "seconds");
+      json_builder_add_double_value (builder, seconds);
+      json_builder_end_object (builder);
+      root = json_builder_get_root (builder);
+      line = json_to_string (root, FALSE);
+      printf ("%s\n", line);
+      return;
+    }
+  printf ("wrote %s in %.0f s (%s teacher distilled from %s %s, final loss %s, sha256 %s)\n", out,
+          seconds, ead_arch_name (model->arch),
+          (const char *) g_hash_table_lookup (metadata, "ead.pretrain.backbone"),
+          (const char *) g_hash_table_lookup (metadata, "ead.pretrain.layers"),
+          (const char *) g_hash_table_lookup (metadata, "ead.pretrain.loss.final"),
+          (const char *) g_hash_table_lookup (metadata, "ead.teacher.sha256"));
+}
+
+static int
+teacher_pretrain (int argc, char **argv)
+{
+  g_autofree char *command = command_line (argc, argv);
+  g_autofree char *backbone_path = NULL;
+  g_autofree char *layers = NULL;
+  g_autofree char *images = NULL;
+  g_autofree char *arch_text = NULL;
+  g_autofree char *precision_text = NULL;
+  g_autofree char *out = NULL;
+  gint64 seed = 0;
+  int steps = 60000, batch = 16, stats_images = 1000, threads = 0, checkpoint_every = 1000;
+  int log_every = 10;
+  gboolean resume = FALSE, json = FALSE;
+  const GOptionEntry entries[] = {
+    { "backbone", 0, 0, G_OPTION_ARG_FILENAME, &backbone_path,
+      "A torchvision ResNet state_dict (e.g. wide_resnet101_2's IMAGENET1K_V1 weights) or a "
+      "converted backbone (tools/convert-mobilenet)", "FILE" },
+    { "layers", 0, 0, G_OPTION_ARG_STRING, &layers,
+      "Backbone levels to distil (default layer2,layer3)", "L,L" },
+    { "images", 0, 0, G_OPTION_ARG_FILENAME, &images,
+      "General photos, searched recursively, any size (ImageNet in the paper)", "DIR" },
+    { "model", 'm', 0, G_OPTION_ARG_STRING, &arch_text, "Teacher size: s or m (default s)", "s|m" },
+    { "steps", 0, 0, G_OPTION_ARG_INT, &steps, "Distillation steps (default 60000)", "N" },
+    { "batch", 0, 0, G_OPTION_ARG_INT, &batch, "Images per step (default 16)", "N" },
+    { "stats-images", 0, 0, G_OPTION_ARG_INT, &stats_images,
+      "Samples for the target mean and std (default 1000; the paper: 10000)", "N" },
+    { "seed", 0, 0, G_OPTION_ARG_INT64, &seed, "Seed (default 0)", "S" },
+    { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (default: all cores)", "T" },
+    EAD_CLI_PRECISION_ENTRY (precision_text),
+    { "checkpoint-every", 0, 0, G_OPTION_ARG_INT, &checkpoint_every,
+      "Steps between checkpoints (default 1000; 0: none)", "N" },
+    { "resume", 0, 0, G_OPTION_ARG_NONE, &resume, "Continue from the last checkpoint", NULL },
+    { "log-every", 0, 0, G_OPTION_ARG_INT, &log_every,
+      "Steps between progress lines when not on a terminal (default 10)", "N" },
+    { "json", 0, 0, G_OPTION_ARG_NONE, &json, "JSON events on stdout, one per line", NULL },
+    { "out", 'o', 0, G_OPTION_ARG_FILENAME, &out, "Teacher bundle to write (*.ead.safetensors)",
+      "BUNDLE" },
+    G_OPTION_ENTRY_NULL
+  };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (EadBackbone) backbone = NULL;
+  g_autoptr (EadPretrainer) pretrainer = NULL;
+  g_autoptr (EadModel) model = NULL;
+  g_autofree char *checkpoint = NULL;
+  const GPtrArray *skipped;
+  EadPretrainOptions options;
+  EadPrecision precision;
+  Reporter reporter = { 0 };
+  guint levels = (1u << 1) | (1u << 2);
+  EadArch arch = EAD_ARCH_SMALL;
+  int exit_code;
+  gint64 start = g_get_monotonic_time ();
+
+  if (!ead_cli_parse ("teacher pretrain", "",
+                      "Distil a teacher (spec §5): a PDN learns the PatchCore-style features of a\n"
+                      "frozen torchvision ResNet on general photos.  The bundle is a teacher for\n"
+                      "'ead train --teacher'.  A checkpoint next to the output lets a killed or\n"
+                      "interrupted run continue with --resume.",
+                      entries, &argc, &argv, &exit_code))
+    return exit_code;
+  if (!ead_cli_parse_precision ("teacher pretrain", precision_text, &precision))
+    return EAD_EXIT_USAGE;
+  if (argc != 1 || backbone_path == NULL || images == NULL || out == NULL)
+    {
+      ead_cli_error ("teacher pretrain", "expected --backbone FILE.pth, --images DIR and --out "
+                                         "BUNDLE (see 'ead teacher pretrain --help')");
+      return EAD_EXIT_USAGE;
+    }
+  if (arch_text != NULL && !ead_arch_parse (arch_text, &arch, &error))
+    {
+      ead_cli_error ("teacher pretrain", "--model: %s", error->message);
+      return EAD_EXIT_USAGE;
+    }
+  if (layers != NULL && (levels = ead_backbone_parse_levels (layers, &error)) == 0)
+    {
+      ead_cli_error ("teacher pretrain", "--layers: %s", error->message);
+      return EAD_EXIT_USAGE;
+    }
+  if (steps < 1 || batch < 1 || stats_images < 1 || log_every < 1 || threads < 0
+      || checkpoint_every < 0 || seed < 0)
+    {
+      ead_cli_error ("teacher pretrain", "--steps, --batch, --stats-images and --log-every must be "
+                                         "positive; --threads, --checkpoint-every and --seed 0 or "
+                                         "more");
+      return EAD_EXIT_USAGE;
+    }
+
+  backbone = ead_backbone_load (backbone_path, &error);
+  if (backbone == NULL)
+    {
+      ead_cli_error ("teacher pretrain", "--backbone: %s", error->message);
+      return EAD_EXIT_FAILURE;
+    }
+  checkpoint = g_strconcat (out, ".checkpoint", NULL);
+  if (!resume && g_file_test (checkpoint, G_FILE_TEST_EXISTS))
+    fprintf (stderr, "ead teacher pretrain: starting afresh; %s will be replaced (use --resume "
+                     "to continue it)\n", checkpoint);
+  ead_pretrain_options_init (&options);
+  options.arch = arch;
+  options.levels = levels;
+  options.images_dir = images;
+  options.steps = steps;
+  options.batch = batch;
+  options.stats_images = stats_images;
+  options.seed = seed;
+  options.threads = threads;
+  options.precision = precision;
+  options.checkpoint_every = checkpoint_every;
+  options.checkpoint_path = checkpoint;
+  options.resume = resume;
+  options.command = command;
+  pretrainer = ead_pretrainer_new (backbone, &options, &error);
+  if (pretrainer == NULL)
+    {
+      ead_cli_error ("teacher pretrain", "%s", error->message);
+      return EAD_EXIT_FAILURE;
+    }
+  ead_cli_note_precision ("teacher pretrain", precision, ead_pretrainer_get_backend (pretrainer));
+
+  reporter.json = json;
+  reporter.terminal = !json && isatty (STDERR_FILENO);
+  reporter.log_every = log_every;
+  if (!json)
+    printf ("distilling an %s teacher from %s (%s, %s) on %u images from %s: %d steps of %d, "
+            "target statistics over %d samples, %s\n",
+            ead_arch_name (arch), backbone_path, backbone->arch,
+            (const char *) (layers != NULL ? layers : "layer2,layer3"),
+            ead_pretrainer_get_image_count (pretrainer), images, steps, batch, stats_images,
+            ead_precision_name (ead_pretrainer_get_precision (pretrainer)));
+  g_clear_pointer (&backbone, ead_backbone_free);  /* compiled: its weights are copied */
+  signal (SIGINT, on_signal);
+  signal (SIGTERM, on_signal);
+  model = ead_pretrainer_run (pretrainer, report, &reporter, &cancel_requested, &error);
+  signal (SIGINT, SIG_DFL);
+  signal (SIGTERM, SIG_DFL);
+  skipped = ead_pretrainer_get_skipped (pretrainer);
+  for (guint i = 0; i < skipped->len; i++)
+    ead_cli_error ("teacher pretrain", "skipped %s (undecodable; the next image was used)",
+                   (const char *) skipped->pdata[i]);
+  if (model == NULL)
+    {
+      gboolean cancelled = g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+
+      if (reporter.terminal)
+        fputc ('\n', stderr);
+      ead_cli_error ("teacher pretrain", "%s%s", error->message,
+                     cancelled ? "; continue with --resume" : "");
+      return cancelled ? 130 : EAD_EXIT_FAILURE;
+    }
+  if (!ead_bundle_write (model, out, &error))
+    {
+      ead_cli_error ("teacher pretrain", "%s (the checkpoint %s is kept)", error->message,
+                     checkpoint);
+      return EAD_EXIT_FAILURE;
+    }
+  g_unlink (checkpoint);
+  print_pretrain_done (out, model, json, (g_get_monotonic_time () - start) / 1e6);
+  return EAD_EXIT_OK;
+}
+
 int
 ead_cmd_teacher (int argc, char **argv)
 {
   if (argc >= 2 && g_str_equal (argv[1], "import"))
     return teacher_import (argc - 1, argv + 1);
+  if (argc >= 2 && g_str_equal (argv[1], "pretrain"))
+    return teacher_pretrain (argc - 1, argv + 1);
   if (argc >= 2 && (g_str_equal (argv[1], "--help") || g_str_equal (argv[1], "-h")))
     {
-      printf ("Usage: ead teacher import FILE.pth --model s|m --out BUNDLE [--json]\n");
+      printf ("Usage: ead teacher import FILE.pth --model s|m --out BUNDLE [--json]\n"
+              "       ead teacher pretrain --backbone FILE.pth [--layers layer2,layer3] "
+              "--images DIR\n"
+              "                            [--model s|m] [--steps N] [--batch 16] "
+              "[--stats-images N] [--seed S]\n"
+              "                            [--threads T] [--precision fp32|bf16|auto] "
+              "[--checkpoint-every N]\n"
+              "                            [--resume] [--json] --out BUNDLE\n");
       return EAD_EXIT_OK;
     }
   if (argc >= 2 && g_str_equal (argv[1], "--version"))
@@ -107,6 +439,6 @@ ead_cmd_teacher (int argc, char **argv)
       printf ("ead %s\n", PACKAGE_VERSION);
       return EAD_EXIT_OK;
     }
-  ead_cli_error ("teacher", "expected a subcommand: import (see 'ead teacher --help')");
+  ead_cli_error ("teacher", "expected a subcommand: import or pretrain (see 'ead teacher --help')");
   return EAD_EXIT_USAGE;
 }

@@ -27,7 +27,7 @@ static const struct {
   { "threshold", ead_cmd_threshold, "Show, suggest or set a model's threshold" },
   { "runs", ead_cmd_runs, "List training and inference runs" },
   { "report", ead_cmd_report, "Write a PDF or CSV report of a model's results" },
-  { "teacher", ead_cmd_teacher, "Import a pretrained PyTorch teacher (teacher import)" },
+  { "teacher", ead_cmd_teacher, "Import or distil a teacher (teacher import|pretrain)" },
 };
 
 static void

@@ -1,5 +1,5 @@
-/* torchvision ResNet backbones: reading and folding the state_dict, and an executable on
- * the CPU through oneDNN (see ead-backbone.h).
+/* Backbones: torchvision ResNets (reading and folding the state_dict), graph backbones
+ * from safetensors, and an executable on the CPU through oneDNN (see ead-backbone.h).
  *
  * The executable follows the CPU backend's habits (ead-backend-cpu.c): activations stay
  * in the layouts oneDNN picks (format_tag_any), weights are reordered into the layout of
@@ -21,7 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <json-glib/json-glib.h>
+
 #include "ead-error.h"
+#include "ead-safetensors.h"
 
 #define BATCH_NORM_EPS 1e-5
 #define MAX_CHANNELS 65536
@@ -416,6 +419,12 @@ ead_backbone_new_from_checkpoint (const EadTorchCheckpoint *checkpoint, GError *
   int total_blocks = 0, in;
 
   backbone->path = g_strdup (checkpoint->path);
+  backbone->family = EAD_BACKBONE_TORCHVISION;
+  for (int l = 0; l < EAD_BACKBONE_LEVELS; l++)
+    {
+      backbone->level_nodes[l] = -1;
+      backbone->level_names[l] = g_strdup_printf ("layer%d", l + 1);
+    }
   if (!read_structure (&reader, &s, error))
     return NULL;
   for (int l = 0; l < EAD_BACKBONE_LEVELS; l++)
@@ -482,6 +491,9 @@ ead_backbone_free (EadBackbone *backbone)
     }
   g_free (backbone->convs);
   g_free (backbone->blocks);
+  g_free (backbone->nodes);
+  for (int l = 0; l < EAD_BACKBONE_LEVELS; l++)
+    g_free (backbone->level_names[l]);
   g_free (backbone->arch);
   g_free (backbone->path);
   g_free (backbone);
@@ -498,13 +510,15 @@ ead_backbone_parse_levels (const char *text, GError **error)
       const char *name = g_strstrip (names[i]);
       guint64 level = 0;
 
-      if (!g_str_has_prefix (name, "layer")
+      /* "layer" and "level" have the same length */
+      if (!(g_str_has_prefix (name, "layer") || g_str_has_prefix (name, "level"))
           || !g_ascii_string_to_unsigned (name + strlen ("layer"), 10, 1, EAD_BACKBONE_LEVELS,
                                           &level, NULL))
         {
           g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
-                       "'%s' in '%s' is not a backbone level: use layer1 ... layer%d", name,
-                       text, EAD_BACKBONE_LEVELS);
+                       "'%s' in '%s' is not a backbone level: use layer1 ... layer%d (or "
+                       "level1 ... level%d)", name, text, EAD_BACKBONE_LEVELS,
+                       EAD_BACKBONE_LEVELS);
           return 0;
         }
       if (levels & 1u << (level - 1))
@@ -519,6 +533,339 @@ ead_backbone_parse_levels (const char *text, GError **error)
     g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
                  "no backbone level given: use e.g. layer2,layer3");
   return levels;
+}
+
+/* ---- graph backbones (safetensors) ---- */
+
+#define GRAPH_KEY "ead.backbone.graph"
+#define MAX_KERNEL 64
+
+typedef struct {
+  const char *path;
+  JsonObject *node;
+  const char *name;
+  int index;
+} NodeReader;
+
+static gboolean
+graph_error (GError **error, const NodeReader *r, const char *format, ...) G_GNUC_PRINTF (3, 4);
+
+static gboolean
+graph_error (GError **error, const NodeReader *r, const char *format, ...)
+{
+  g_autofree char *message = NULL;
+  va_list args;
+
+  va_start (args, format);
+  message = g_strdup_vprintf (format, args);
+  va_end (args);
+  g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT, "%s: %s: node %d ('%s'): %s", r->path,
+               GRAPH_KEY, r->index, r->name != NULL ? r->name : "?", message);
+  return FALSE;
+}
+
+static gboolean
+node_int (const NodeReader *r, const char *member, int min, int max, int *value,
+          GError **error)
+{
+  JsonNode *node = json_object_get_member (r->node, member);
+  gint64 v;
+
+  if (node == NULL || !JSON_NODE_HOLDS_VALUE (node)
+      || json_node_get_value_type (node) != G_TYPE_INT64)
+    return graph_error (error, r, "'%s' must be an integer", member);
+  v = json_node_get_int (node);
+  if (v < min || v > max)
+    return graph_error (error, r, "'%s' is %" G_GINT64_FORMAT ", expected %d to %d", member,
+                        v, min, max);
+  *value = (int) v;
+  return TRUE;
+}
+
+static const char *
+node_string (const NodeReader *r, const char *member)
+{
+  JsonNode *node = json_object_get_member (r->node, member);
+
+  if (node == NULL || !JSON_NODE_HOLDS_VALUE (node)
+      || json_node_get_value_type (node) != G_TYPE_STRING)
+    return NULL;
+  return json_node_get_string (node);
+}
+
+/* An earlier node by name ("input": -1). */
+static gboolean
+node_ref (const NodeReader *r, GHashTable *names, const char *member, gboolean optional,
+          int *index, GError **error)
+{
+  const char *name = node_string (r, member);
+  gpointer found;
+
+  if (name == NULL && optional && !json_object_has_member (r->node, member))
+    {
+      *index = -1;
+      return TRUE;
+    }
+  if (name == NULL)
+    return graph_error (error, r, "'%s' must be a node name", member);
+  if (!optional && g_str_equal (name, "input"))
+    {
+      *index = -1;
+      return TRUE;
+    }
+  if (!g_hash_table_lookup_extended (names, name, NULL, &found))
+    return graph_error (error, r, "'%s' names '%s', which is not an earlier node", member,
+                        name);
+  *index = GPOINTER_TO_INT (found);
+  return TRUE;
+}
+
+static gboolean
+read_padding (const NodeReader *r, EadBackboneNode *node, GError **error)
+{
+  JsonNode *padding = json_object_get_member (r->node, "padding");
+  const char *mode = node_string (r, "padding");
+
+  if (mode != NULL && (g_str_equal (mode, "same") || g_str_equal (mode, "valid")))
+    {
+      node->same = g_str_equal (mode, "same");
+      return TRUE;
+    }
+  if (padding != NULL && JSON_NODE_HOLDS_ARRAY (padding)
+      && json_array_get_length (json_node_get_array (padding)) == 4)
+    {
+      JsonArray *pads = json_node_get_array (padding);
+
+      for (int i = 0; i < 4; i++)
+        {
+          JsonNode *pad = json_array_get_element (pads, i);
+
+          if (!JSON_NODE_HOLDS_VALUE (pad) || json_node_get_value_type (pad) != G_TYPE_INT64
+              || json_node_get_int (pad) < 0 || json_node_get_int (pad) > MAX_KERNEL)
+            break;
+          node->pads[i] = (int) json_node_get_int (pad);
+          if (i == 3)
+            return TRUE;
+        }
+    }
+  return graph_error (error, r, "'padding' must be \"same\", \"valid\" or [top, bottom, left, "
+                      "right] with each in 0..%d", MAX_KERNEL);
+}
+
+/* conv's weight and bias from <name>.weight and <name>.bias. */
+static gboolean
+read_graph_weights (EadSafetensors *file, GHashTable *used, const NodeReader *r,
+                    EadBackboneConv *conv, GError **error)
+{
+  const gint64 weight_shape[] = { conv->out_channels, conv->in_channels / conv->groups,
+                                  conv->kernel, conv->kernel };
+  const gint64 bias_shape[] = { conv->out_channels };
+  const size_t n_weights = (size_t) weight_shape[0] * weight_shape[1] * weight_shape[2]
+                           * weight_shape[3];
+  g_autofree char *weight_key = g_strconcat (conv->name, ".weight", NULL);
+  g_autofree char *bias_key = g_strconcat (conv->name, ".bias", NULL);
+
+  conv->weight = g_new (float, n_weights);
+  conv->bias = g_new (float, conv->out_channels);
+  if (!ead_safetensors_read (file, weight_key, 4, weight_shape, conv->weight, error)
+      || !ead_safetensors_read (file, bias_key, 1, bias_shape, conv->bias, error))
+    return FALSE;
+  for (size_t i = 0; i < n_weights; i++)
+    if (!isfinite (conv->weight[i]))
+      return graph_error (error, r, "'%s' holds %g at index %zu", weight_key, conv->weight[i],
+                          i);
+  for (int i = 0; i < conv->out_channels; i++)
+    if (!isfinite (conv->bias[i]))
+      return graph_error (error, r, "'%s' holds %g at index %d", bias_key, conv->bias[i], i);
+  g_hash_table_add (used, g_steal_pointer (&weight_key));
+  g_hash_table_add (used, g_steal_pointer (&bias_key));
+  return TRUE;
+}
+
+static gboolean
+read_graph_node (EadSafetensors *file, GHashTable *used, GHashTable *names,
+                 EadBackbone *backbone, NodeReader *r, GError **error)
+{
+  EadBackboneConv *conv = &backbone->convs[r->index];
+  EadBackboneNode *node = &backbone->nodes[r->index];
+  const char *op = node_string (r, "op"), *activation = node_string (r, "activation");
+  int in_channels;
+
+  r->name = node_string (r, "name");
+  if (r->name == NULL || g_str_equal (r->name, "input") || g_hash_table_contains (names, r->name))
+    return graph_error (error, r, "'name' must be a new node name other than \"input\"");
+  conv->name = g_strdup (r->name);
+  backbone->n_nodes = backbone->n_convs = r->index + 1;
+  node->conv = r->index;
+  if (op == NULL || !g_str_equal (op, "conv"))
+    return graph_error (error, r, "'op' is '%s', only \"conv\" is known", op ? op : "(none)");
+  if (!node_ref (r, names, "input", FALSE, &node->input, error)
+      || !node_ref (r, names, "residual", TRUE, &node->residual, error)
+      || !node_int (r, "in_channels", 1, MAX_CHANNELS, &conv->in_channels, error)
+      || !node_int (r, "out_channels", 1, MAX_CHANNELS, &conv->out_channels, error)
+      || !node_int (r, "groups", 1, MAX_CHANNELS, &conv->groups, error)
+      || !node_int (r, "kernel", 1, MAX_KERNEL, &conv->kernel, error)
+      || !node_int (r, "stride", 1, MAX_KERNEL, &conv->stride, error)
+      || !read_padding (r, node, error))
+    return FALSE;
+  if (activation == NULL || g_str_equal (activation, "none"))
+    node->activation = EAD_BACKBONE_ACTIVATION_NONE;
+  else if (g_str_equal (activation, "relu"))
+    node->activation = EAD_BACKBONE_ACTIVATION_RELU;
+  else if (g_str_equal (activation, "relu6"))
+    node->activation = EAD_BACKBONE_ACTIVATION_RELU6;
+  else
+    return graph_error (error, r, "'activation' is '%s', expected none, relu or relu6",
+                        activation);
+  in_channels = node->input < 0 ? 3 : backbone->convs[node->input].out_channels;
+  if (conv->in_channels != in_channels)
+    return graph_error (error, r, "'in_channels' is %d but its input has %d channels",
+                        conv->in_channels, in_channels);
+  if (conv->in_channels % conv->groups != 0 || conv->out_channels % conv->groups != 0)
+    return graph_error (error, r, "%d groups do not divide %d -> %d channels", conv->groups,
+                        conv->in_channels, conv->out_channels);
+  if (node->residual >= 0
+      && backbone->convs[node->residual].out_channels != conv->out_channels)
+    return graph_error (error, r, "the residual has %d channels, the node %d",
+                        backbone->convs[node->residual].out_channels, conv->out_channels);
+  if (!read_graph_weights (file, used, r, conv, error))
+    return FALSE;
+  g_hash_table_insert (names, (gpointer) r->name, GINT_TO_POINTER (r->index));
+  return TRUE;
+}
+
+/* "levels": {"level<n>": {"node": NAME}}: strictly increasing nodes. */
+static gboolean
+read_graph_levels (const char *path, JsonObject *graph, GHashTable *names,
+                   EadBackbone *backbone, GError **error)
+{
+  JsonNode *levels = json_object_get_member (graph, "levels");
+  int previous = -1;
+
+  if (levels == NULL || !JSON_NODE_HOLDS_OBJECT (levels))
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT, "%s: %s: 'levels' must be an object",
+                   path, GRAPH_KEY);
+      return FALSE;
+    }
+  for (int l = 0; l < EAD_BACKBONE_LEVELS; l++)
+    {
+      g_autofree char *key = g_strdup_printf ("level%d", l + 1);
+      JsonNode *level = json_object_get_member (json_node_get_object (levels), key);
+      JsonObject *object = level != NULL && JSON_NODE_HOLDS_OBJECT (level)
+                             ? json_node_get_object (level) : NULL;
+      const char *name = object != NULL ? json_object_get_string_member_with_default (
+                                            object, "node", NULL) : NULL;
+      gpointer found;
+
+      backbone->level_nodes[l] = -1;
+      if (level == NULL)
+        continue;
+      if (name == NULL || !g_hash_table_lookup_extended (names, name, NULL, &found)
+          || GPOINTER_TO_INT (found) <= previous)
+        {
+          g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                       "%s: %s: levels.%s must be {\"node\": NAME} naming a node after the "
+                       "previous level's", path, GRAPH_KEY, key);
+          return FALSE;
+        }
+      previous = backbone->level_nodes[l] = GPOINTER_TO_INT (found);
+      backbone->level_names[l] = g_strdup (name);
+      backbone->level_channels[l] = backbone->convs[previous].out_channels;
+    }
+  if (previous < 0)
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT, "%s: %s: no level1 ... level%d", path,
+                   GRAPH_KEY, EAD_BACKBONE_LEVELS);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+EadBackbone *
+ead_backbone_load_graph (const char *path, GError **error)
+{
+  g_autoptr (EadSafetensors) file = ead_safetensors_open (path, error);
+  g_autoptr (JsonParser) parser = json_parser_new ();
+  g_autoptr (EadBackbone) backbone = NULL;
+  g_autoptr (GHashTable) used = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  g_autoptr (GHashTable) names = g_hash_table_new (g_str_hash, g_str_equal);
+  g_autoptr (GError) json_error = NULL;
+  g_auto (GStrv) tensors = NULL;
+  const char *text, *arch;
+  JsonNode *root, *nodes;
+  JsonArray *array;
+  guint n;
+
+  if (file == NULL)
+    return NULL;
+  text = ead_safetensors_lookup_metadata (file, GRAPH_KEY);
+  if (text == NULL)
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                   "%s: no metadata '%s': not a graph backbone", path, GRAPH_KEY);
+      return NULL;
+    }
+  if (!json_parser_load_from_data (parser, text, -1, &json_error))
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT, "%s: %s is not JSON: %s", path,
+                   GRAPH_KEY, json_error->message);
+      return NULL;
+    }
+  root = json_parser_get_root (parser);
+  nodes = JSON_NODE_HOLDS_OBJECT (root)
+            ? json_object_get_member (json_node_get_object (root), "nodes") : NULL;
+  if (nodes == NULL || !JSON_NODE_HOLDS_ARRAY (nodes)
+      || json_object_get_int_member_with_default (json_node_get_object (root), "format", 0)
+           != 1)
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                   "%s: %s must be an object with \"format\": 1 and a \"nodes\" array", path,
+                   GRAPH_KEY);
+      return NULL;
+    }
+  array = json_node_get_array (nodes);
+  n = json_array_get_length (array);
+  backbone = g_new0 (EadBackbone, 1);
+  backbone->path = g_strdup (path);
+  backbone->family = EAD_BACKBONE_GRAPH;
+  arch = ead_safetensors_lookup_metadata (file, "ead.backbone.arch");
+  backbone->arch = g_strdup_printf ("%s", arch != NULL ? arch : "graph");
+  backbone->convs = g_new0 (EadBackboneConv, MAX (n, 1));
+  backbone->nodes = g_new0 (EadBackboneNode, MAX (n, 1));
+  for (guint i = 0; i < n; i++)
+    {
+      JsonNode *element = json_array_get_element (array, i);
+      NodeReader r = { path, NULL, NULL, (int) i };
+
+      if (!JSON_NODE_HOLDS_OBJECT (element))
+        {
+          graph_error (error, &r, "not an object");
+          return NULL;
+        }
+      r.node = json_node_get_object (element);
+      if (!read_graph_node (file, used, names, backbone, &r, error))
+        return NULL;
+    }
+  if (!read_graph_levels (path, json_node_get_object (root), names, backbone, error))
+    return NULL;
+  tensors = ead_safetensors_list (file);
+  for (int i = 0; tensors[i] != NULL; i++)
+    if (!g_hash_table_contains (used, tensors[i]) && !g_str_has_prefix (tensors[i], "head."))
+      {
+        g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                     "%s: tensor '%s' belongs to no node of %s", path, tensors[i], GRAPH_KEY);
+        return NULL;
+      }
+  return g_steal_pointer (&backbone);
+}
+
+EadBackbone *
+ead_backbone_load (const char *path, GError **error)
+{
+  if (g_str_has_suffix (path, ".safetensors"))
+    return ead_backbone_load_graph (path, error);
+  return ead_backbone_load_torchvision (path, error);
 }
 
 /* ---- the executable ---- */
@@ -766,16 +1113,20 @@ owned_memory (EadBackboneExec *exec, const dnnl_memory_desc_t *user_md, const fl
   return ok ? owned : NULL;
 }
 
-/* dst = conv(src) + bias, then, with a residual, dst += residual, then ReLU when asked.
+/* dst = conv(src) + bias, then, with a residual, dst += residual, then the activation.
+ * pads: top, bottom, left, right.
  * With a residual the result is written over it (oneDNN's sum post-op adds what dst
  * holds), or over a copy of it when the convolution wants another layout; dst then
  * takes the residual's buffer, which the caller must not release. */
+static const char *const activation_names[] = { "", " +relu", " +relu6" };
+
 static gboolean
 compile_conv (EadBackboneExec *exec,
               const EadBackboneConv *conv,
+              const int pads[4],
               const Activation *src,
               const Activation *residual,
-              gboolean relu,
+              EadBackboneActivation activation,
               Activation *dst,
               GError **error)
 {
@@ -783,19 +1134,20 @@ compile_conv (EadBackboneExec *exec,
   const int g = conv->groups;
   dnnl_dims_t src_dims = { in_dims[0], conv->in_channels, in_dims[2], in_dims[3] };
   dnnl_dims_t dst_dims = { in_dims[0], conv->out_channels,
-                           (in_dims[2] + 2 * conv->padding - conv->kernel) / conv->stride + 1,
-                           (in_dims[3] + 2 * conv->padding - conv->kernel) / conv->stride + 1 };
+                           (in_dims[2] + pads[0] + pads[1] - conv->kernel) / conv->stride + 1,
+                           (in_dims[3] + pads[2] + pads[3] - conv->kernel) / conv->stride + 1 };
   dnnl_dims_t w_dims = { g, conv->out_channels / g, conv->in_channels / g, conv->kernel,
                          conv->kernel };
   dnnl_dims_t b_dims = { conv->out_channels };
   dnnl_dims_t strides = { conv->stride, conv->stride };
-  dnnl_dims_t padding = { conv->padding, conv->padding };
+  dnnl_dims_t padding_l = { pads[0], pads[2] }, padding_r = { pads[1], pads[3] };
   /* ungrouped weights are OIHW, grouped ones GOIHW with the same bytes */
   const int w_ndims = g > 1 ? 5 : 4;
   const dnnl_dim_t *w_dims_used = g > 1 ? w_dims : w_dims + 1;
   dnnl_memory_desc_t src_md, w_md, w_user_md, b_md, dst_md;
   dnnl_convolution_desc_t desc;
-  dnnl_primitive_attr_t attr = _ead_cpu_attr_new (relu && residual == NULL);
+  dnnl_primitive_attr_t attr = _ead_cpu_attr_new (FALSE);
+  dnnl_post_ops_t post_ops = NULL;
   dnnl_primitive_desc_t pd = NULL;
   const dnnl_memory_desc_t *want_src, *want_w, *want_dst;
   Activation converted = { .buffer = -1 };
@@ -805,21 +1157,19 @@ compile_conv (EadBackboneExec *exec,
                                            conv->kernel, conv->kernel, conv->stride,
                                            conv->in_channels, conv->out_channels,
                                            g > 1 ? " grouped" : "", residual ? " +sum" : "",
-                                           relu ? " +relu" : "");
+                                           activation_names[activation]);
   g_autofree char *reorder_what = NULL;
   gboolean ok;
 
+  dnnl_post_ops_create (&post_ops);
   if (residual != NULL)
-    {
-      dnnl_post_ops_t post_ops = NULL;
-
-      dnnl_post_ops_create (&post_ops);
-      dnnl_post_ops_append_sum (post_ops, 1.0f);
-      if (relu)
-        dnnl_post_ops_append_eltwise (post_ops, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f);
-      dnnl_primitive_attr_set_post_ops (attr, post_ops);
-      dnnl_post_ops_destroy (post_ops);
-    }
+    dnnl_post_ops_append_sum (post_ops, 1.0f);
+  if (activation == EAD_BACKBONE_ACTIVATION_RELU)
+    dnnl_post_ops_append_eltwise (post_ops, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f);
+  else if (activation == EAD_BACKBONE_ACTIVATION_RELU6)
+    dnnl_post_ops_append_eltwise (post_ops, 1.0f, dnnl_eltwise_clip, 0.0f, 6.0f);
+  dnnl_primitive_attr_set_post_ops (attr, post_ops);
+  dnnl_post_ops_destroy (post_ops);
   dnnl_memory_desc_init_by_tag (&src_md, 4, src_dims, dnnl_f32, dnnl_format_tag_any);
   dnnl_memory_desc_init_by_tag (&w_md, w_ndims, w_dims_used, dnnl_f32, dnnl_format_tag_any);
   dnnl_memory_desc_init_by_tag (&w_user_md, w_ndims, w_dims_used, dnnl_f32,
@@ -830,7 +1180,8 @@ compile_conv (EadBackboneExec *exec,
    * a hundred layers */
   ok = check (dnnl_convolution_forward_desc_init (&desc, dnnl_forward_inference,
                                                   dnnl_convolution_direct, &src_md, &w_md,
-                                                  &b_md, &dst_md, strides, padding, padding),
+                                                  &b_md, &dst_md, strides, padding_l,
+                                                  padding_r),
               what, error)
        && check (dnnl_primitive_desc_create (&pd, &desc, attr, exec->engine, NULL), what,
                  error);
@@ -909,6 +1260,12 @@ compile_maxpool (EadBackboneExec *exec, const Activation *src, Activation *dst, 
   return ok;
 }
 
+#define RELU EAD_BACKBONE_ACTIVATION_RELU
+
+/* A torchvision convolution's padding, the same on every side. */
+#define same_pads(conv) \
+  ((const int[4]) { (conv)->padding, (conv)->padding, (conv)->padding, (conv)->padding })
+
 /* x ← relu(branch(x) + shortcut(x)), the shortcut being x or its downsampling. */
 static gboolean
 compile_block (EadBackboneExec *exec,
@@ -925,16 +1282,19 @@ compile_block (EadBackboneExec *exec,
     {
       Activation next;
 
-      if (!compile_conv (exec, &convs[i], &branch, NULL, TRUE, &next, error))
+      if (!compile_conv (exec, &convs[i], same_pads (&convs[i]), &branch, NULL, RELU, &next,
+                         error))
         return FALSE;
       release_unless_kept (exec, &branch, x);
       branch = next;
     }
   if (block->downsample >= 0
-      && !compile_conv (exec, &backbone->convs[block->downsample], x, NULL, FALSE, &shortcut,
-                        error))
+      && !compile_conv (exec, &backbone->convs[block->downsample],
+                        same_pads (&backbone->convs[block->downsample]), x, NULL,
+                        EAD_BACKBONE_ACTIVATION_NONE, &shortcut, error))
     return FALSE;
-  if (!compile_conv (exec, &convs[n_branch - 1], &branch, &shortcut, TRUE, &out, error))
+  if (!compile_conv (exec, &convs[n_branch - 1], same_pads (&convs[n_branch - 1]), &branch,
+                     &shortcut, RELU, &out, error))
     return FALSE;
   release (exec, &branch);
   release_unless_kept (exec, &shortcut, &out);
@@ -1015,7 +1375,8 @@ compile_network (EadBackboneExec *exec,
   dnnl_memory_desc_init_by_tag (&x.md, 4, in_dims, dnnl_f32, dnnl_nchw);
   x.memory = bind (exec, &x.md, PLACE_INPUT, 0, NULL, error);
   if (x.memory == NULL
-      || !compile_conv (exec, &backbone->convs[0], &x, NULL, TRUE, &stem, error)
+      || !compile_conv (exec, &backbone->convs[0], same_pads (&backbone->convs[0]), &x, NULL,
+                        RELU, &stem, error)
       || !compile_maxpool (exec, &stem, &x, error))
     return FALSE;
   release (exec, &stem);
@@ -1026,6 +1387,114 @@ compile_network (EadBackboneExec *exec,
           return FALSE;
       if ((levels & 1u << (level - 1)) && !compile_output (exec, level, &x, error))
         return FALSE;
+    }
+  return allocate_workspace (exec, error);
+}
+
+/* TensorFlow's 'same' padding along one axis: before, after. */
+static void
+tf_same_padding (int in, int kernel, int stride, int *before, int *after)
+{
+  const int out = (in + stride - 1) / stride;
+  const int total = MAX ((out - 1) * stride + kernel - in, 0);
+
+  *before = total / 2;
+  *after = total - *before;
+}
+
+/* The nodes up to the last level's.  A node's activation is released after its last
+ * reader; a residual that is read again later is copied first, since the sum post-op
+ * writes over it. */
+static gboolean
+compile_graph (EadBackboneExec *exec,
+               const EadBackbone *backbone,
+               guint levels,
+               int height,
+               int width,
+               GError **error)
+{
+  const int last = backbone->level_nodes[g_bit_nth_msf (levels, -1)];
+  g_autofree int *last_read = g_new (int, last + 1);
+  g_autofree Activation *acts = g_new0 (Activation, last + 1);
+  dnnl_dims_t in_dims = { 1, 3, height, width };
+  Activation image = { .buffer = -1 };
+
+  dnnl_memory_desc_init_by_tag (&image.md, 4, in_dims, dnnl_f32, dnnl_nchw);
+  image.memory = bind (exec, &image.md, PLACE_INPUT, 0, NULL, error);
+  if (image.memory == NULL)
+    return FALSE;
+  for (int i = 0; i <= last; i++)
+    {
+      const EadBackboneNode *node = &backbone->nodes[i];
+
+      last_read[i] = -1;
+      if (node->input >= 0)
+        last_read[node->input] = i;
+      if (node->residual >= 0)
+        last_read[node->residual] = i;
+    }
+  for (int i = 0; i <= last; i++)
+    {
+      const EadBackboneNode *node = &backbone->nodes[i];
+      const EadBackboneConv *conv = &backbone->convs[node->conv];
+      const Activation *src = node->input >= 0 ? &acts[node->input] : &image;
+      Activation residual_copy = { .buffer = -1 };
+      const Activation *residual = NULL;
+      int pads[4];
+
+      memcpy (pads, node->pads, sizeof pads);
+      if (node->same)
+        {
+          tf_same_padding ((int) src->md.dims[2], conv->kernel, conv->stride, &pads[0],
+                           &pads[1]);
+          tf_same_padding ((int) src->md.dims[3], conv->kernel, conv->stride, &pads[2],
+                           &pads[3]);
+        }
+      if ((int) src->md.dims[2] + pads[0] + pads[1] < conv->kernel
+          || (int) src->md.dims[3] + pads[2] + pads[3] < conv->kernel)
+        {
+          g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
+                       "node '%s': its %d x %d input is smaller than its %d x %d kernel",
+                       conv->name, (int) src->md.dims[2], (int) src->md.dims[3], conv->kernel,
+                       conv->kernel);
+          return FALSE;
+        }
+      if (node->residual >= 0)
+        {
+          residual = &acts[node->residual];
+          if (last_read[node->residual] > i)
+            {
+              g_autofree char *what = g_strconcat (conv->name, " residual copy", NULL);
+
+              if (!add_reorder (exec, residual, &residual->md, PLACE_BUFFER, 0, what,
+                                &residual_copy, error))
+                return FALSE;
+              residual = &residual_copy;
+            }
+        }
+      if (!compile_conv (exec, conv, pads, src, residual, node->activation, &acts[i], error))
+        return FALSE;
+      if (residual != NULL
+          && (residual->md.dims[2] != acts[i].md.dims[2]
+              || residual->md.dims[3] != acts[i].md.dims[3]))
+        {
+          g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
+                       "node '%s': its output is %d x %d, its residual %d x %d", conv->name,
+                       (int) acts[i].md.dims[2], (int) acts[i].md.dims[3],
+                       (int) residual->md.dims[2], (int) residual->md.dims[3]);
+          return FALSE;
+        }
+      if (node->input >= 0 && last_read[node->input] == i)
+        release_unless_kept (exec, &acts[node->input], &acts[i]);
+      if (node->residual >= 0 && last_read[node->residual] == i)
+        release_unless_kept (exec, &acts[node->residual], &acts[i]);
+      release_unless_kept (exec, &residual_copy, &acts[i]);
+      for (int l = 0; l < EAD_BACKBONE_LEVELS; l++)
+        if ((levels & 1u << l) && backbone->level_nodes[l] == i
+            && !compile_output (exec, l + 1, &acts[i], error))
+          return FALSE;
+      if (last_read[i] < 0)
+        release (exec, &acts[i]);
     }
   return allocate_workspace (exec, error);
 }
@@ -1050,6 +1519,14 @@ ead_backbone_compile (const EadBackbone *backbone,
                    backbone->path, levels, batch, height, width);
       return NULL;
     }
+  for (int l = 0; l < EAD_BACKBONE_LEVELS; l++)
+    if (backbone->family == EAD_BACKBONE_GRAPH && (levels & 1u << l)
+        && backbone->level_nodes[l] < 0)
+      {
+        g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
+                     "%s: the graph names no level%d", backbone->path, l + 1);
+        return NULL;
+      }
   exec = g_new0 (EadBackboneExec, 1);
   exec->engine = cpu->engine;
   exec->threads = cpu->threads;
@@ -1063,7 +1540,9 @@ ead_backbone_compile (const EadBackbone *backbone,
   omp_set_num_threads (exec->threads);
   if (!check (dnnl_stream_create (&exec->stream, exec->engine, dnnl_stream_default_flags),
               "stream", &local_error)
-      || !compile_network (exec, backbone, levels, height, width, &local_error))
+      || !(backbone->family == EAD_BACKBONE_GRAPH
+             ? compile_graph (exec, backbone, levels, height, width, &local_error)
+             : compile_network (exec, backbone, levels, height, width, &local_error)))
     {
       g_propagate_prefixed_error (error, g_steal_pointer (&local_error), "%s: ",
                                   backbone->path);

@@ -1,6 +1,6 @@
-/* ead-backbone.h: torchvision ResNet-family backbones for teacher distillation (spec §5).
+/* ead-backbone.h: backbones for teacher distillation (spec §5), of two families.
  *
- * A backbone is read from a torchvision state_dict (*.pth, through ead-torch-checkpoint.h):
+ * A torchvision backbone is read from a torchvision state_dict (*.pth, through ead-torch-checkpoint.h):
  * ResNet-18/34 (BasicBlock), ResNet-50/101/152, Wide ResNet-50-2/101-2 and ResNeXt
  * (Bottleneck), or any other depth and width built from torchvision's blocks.  The
  * architecture comes from the keys and shapes; every tensor is checked against it.  Each
@@ -18,6 +18,24 @@
  * convolution and a 3x3 stride-2 max pool, layer1 has stride 1 and layer2..4 stride 2 on
  * their first block, in a Bottleneck the stride is on the 3x3 convolution (ResNet v1.5),
  * and there is no dilation (replace_stride_with_dilation is not detected).
+ *
+ * A graph backbone is read from a safetensors file whose metadata "ead.backbone.graph"
+ * describes it (tools/convert-mobilenet writes MobileNetV2 so): a JSON object
+ *
+ *   {"format": 1, "nodes": [NODE...], "levels": {"level1": {"node": NAME}, ...}}
+ *   NODE: {"name", "op": "conv", "input": NAME or "input", "in_channels", "out_channels",
+ *          "kernel", "stride", "groups", "padding": "same" | "valid" | [top, bottom,
+ *          left, right], "activation": "none" | "relu" | "relu6", "residual": NAME}
+ *
+ * with tensors <name>.weight (OIHW, I = in_channels / groups) and <name>.bias per node;
+ * batch norm is already folded in.  A node computes act(conv(input) + bias + residual).
+ * "same" is TensorFlow's: pad_total = max((ceil(in / stride) - 1) * stride + kernel - in,
+ * 0), pad_before = pad_total / 2, the rest after (asymmetric for an even input at stride
+ * 2).  Nodes read only earlier nodes.  Tensors named head.* (a classifier) are allowed and
+ * ignored.
+ *
+ * Levels: bit (n - 1) of a level mask is level n.  For torchvision it is layer<n>; for a
+ * graph the node that "level<n>" names (levels a graph does not name cannot be compiled).
  */
 #pragma once
 
@@ -35,6 +53,17 @@ typedef enum {
   EAD_BACKBONE_BOTTLENECK,  /* 1x1, 3x3 (grouped for ResNeXt), 1x1 */
 } EadBackboneBlockKind;
 
+typedef enum {
+  EAD_BACKBONE_TORCHVISION,
+  EAD_BACKBONE_GRAPH,
+} EadBackboneFamily;
+
+typedef enum {
+  EAD_BACKBONE_ACTIVATION_NONE,
+  EAD_BACKBONE_ACTIVATION_RELU,
+  EAD_BACKBONE_ACTIVATION_RELU6,
+} EadBackboneActivation;
+
 /* A convolution with its batch norm folded in. */
 typedef struct {
   char *name;        /* the state_dict prefix: "conv1", "layer2.0.conv2", ... */
@@ -43,7 +72,7 @@ typedef struct {
   int groups;
   int kernel;
   int stride;
-  int padding;
+  int padding;       /* torchvision: on every side; graph: unused (see the node) */
   float *weight;     /* [out, in / groups, kernel, kernel] */
   float *bias;       /* [out] */
 } EadBackboneConv;
@@ -54,8 +83,19 @@ typedef struct {
   int downsample;    /* index in convs of the shortcut's convolution, -1 for the identity */
 } EadBackboneBlock;
 
+/* A graph backbone's step: convs[conv] applied to node `input`. */
+typedef struct {
+  int conv;
+  int input;                        /* an earlier node, -1 for the image */
+  int residual;                     /* an earlier node added before the activation, or -1 */
+  EadBackboneActivation activation;
+  gboolean same;                    /* TensorFlow 'same' padding, else pads */
+  int pads[4];                      /* top, bottom, left, right; 'valid' is all 0 */
+} EadBackboneNode;
+
 typedef struct {
   char *path;
+  EadBackboneFamily family;
   /* torchvision's name when the network is one of its models ("resnet18",
    * "wide_resnet101_2", "resnext50_32x4d"), else a description such as
    * "resnet (Bottleneck, blocks 1-2-1-1, widths 8-16-32-64, groups 2, stem 8)" */
@@ -68,6 +108,11 @@ typedef struct {
   EadBackboneConv *convs;                    /* the stem first, then in execution order */
   int n_blocks;
   EadBackboneBlock *blocks;
+  /* a graph's nodes (torchvision: 0, NULL); convs[i] belongs to nodes[i] */
+  int n_nodes;
+  EadBackboneNode *nodes;
+  int level_nodes[EAD_BACKBONE_LEVELS];    /* graph: the node of each level, -1 if none */
+  char *level_names[EAD_BACKBONE_LEVELS];  /* "layer2", or the graph's node name; NULL if none */
 } EadBackbone;
 
 /* Reads path with ead_torch_checkpoint_read and builds the backbone.  Errors: those of
@@ -80,16 +125,27 @@ EadBackbone *ead_backbone_load_torchvision (const char *path, GError **error);
 /* The same from a checkpoint already read; the backbone does not keep it. */
 EadBackbone *ead_backbone_new_from_checkpoint (const EadTorchCheckpoint *checkpoint,
                                                GError **error);
+/* A graph backbone from a safetensors file (see above).  Errors: those of
+ * ead_safetensors_open, EAD_ERROR_FORMAT when "ead.backbone.graph" is missing or not as
+ * described, a node reads a later or unknown node, channels or groups do not fit, a tensor
+ * is missing, of the wrong shape, not finite, or not used.  Messages start with the path
+ * and name the node or tensor.  level_channels holds 0 for levels the graph lacks;
+ * block_kind, depth, level_blocks and blocks are unused. */
+EadBackbone *ead_backbone_load_graph (const char *path, GError **error);
+/* ead_backbone_load_graph for *.safetensors, else ead_backbone_load_torchvision. */
+EadBackbone *ead_backbone_load (const char *path, GError **error);
 void ead_backbone_free (EadBackbone *backbone);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (EadBackbone, ead_backbone_free)
 
-/* "layer2,layer3" → a mask with bit (level - 1) set for each level; 0 and
- * EAD_ERROR_INVALID for an empty list, an unknown or repeated name. */
+/* "layer2,layer3" (or "level2,level3": the two spellings are the same levels, for either
+ * family) → a mask with bit (level - 1) set for each level; 0 and EAD_ERROR_INVALID for an
+ * empty list, an unknown or repeated name. */
 guint ead_backbone_parse_levels (const char *text, GError **error);
 
 typedef struct _EadBackboneExec EadBackboneExec;
 
-/* Compiles the backbone up to the last level in the mask for a batch x 3 x height x width
+/* Compiles the backbone up to the last level in the mask (EAD_ERROR_INVALID for a level a
+ * graph does not name) for a batch x 3 x height x width
  * input, on the CPU backend's oneDNN engine and thread count (the images of a batch run
  * one after the other).  The weights are copied into the executable, so the backbone may
  * be freed afterwards; the activations of one image live in one block allocated here

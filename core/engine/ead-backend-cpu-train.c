@@ -50,6 +50,10 @@ typedef struct {
   dnnl_memory_t diff_weights, diff_bias;
   dnnl_memory_t grad_weights_user;  /* OIHW view of grad->weight[layer] */
   dnnl_primitive_t accumulate_weights;
+  /* the source of backward-weights: src, or a copy with extra zero rows (see compile_conv) */
+  dnnl_memory_t src_bwd_weights;
+  dnnl_memory_t src_bwd_weights_interior;  /* the copy's view of src's rows */
+  dnnl_primitive_t reorder_src_bwd_weights;  /* NULL when the source is src */
   /* dropout */
   void *mask;                    /* in the dst layout and data type */
   float *mask_plain;             /* NCHW, as drawn */
@@ -297,13 +301,37 @@ compile_conv (EadTrainExec *exec,
             }
         }
       }
-    if (!check (dnnl_convolution_backward_weights_desc_init (&bwd_weights_desc, dnnl_convolution_direct,
-                                                             src_md, &dw_any, &b_md, dst_md, strides,
-                                                             padding, padding),
+    /* oneDNN's JIT backward-weights kernels take a vertical padding of at most half the
+     * kernel; beyond that (PDN layers with padding on: kernel 4, padding 3) only its
+     * reference kernel is left, a thousand times slower.  So the source gets the excess
+     * as real zero rows, copied in before each backward pass. */
+    if (layer->padding > layer->kernel / 2)
+      {
+        dnnl_dim_t extra = layer->padding - layer->kernel / 2;
+        dnnl_dims_t padded_dims = { src_md->dims[0], src_md->dims[1], src_md->dims[2] + 2 * extra,
+                                    src_md->dims[3] };
+        dnnl_dims_t padding_bw = { layer->kernel / 2, layer->padding };
+        dnnl_memory_desc_t padded_any;
+
+        dnnl_memory_desc_init_by_tag (&padded_any, 4, padded_dims, src_md->data_type,
+                                      dnnl_format_tag_any);
+        if (!check (dnnl_convolution_backward_weights_desc_init (&bwd_weights_desc,
+                                                                 dnnl_convolution_direct,
+                                                                 &padded_any, &dw_any, &b_md,
+                                                                 dst_md, strides, padding_bw,
+                                                                 padding_bw),
+                    what_bw, error))
+          goto out;
+      }
+    else if (!check (dnnl_convolution_backward_weights_desc_init (&bwd_weights_desc,
+                                                                  dnnl_convolution_direct,
+                                                                  src_md, &dw_any, &b_md, dst_md,
+                                                                  strides, padding, padding),
+                     what_bw, error))
+      goto out;
+    if (!check (dnnl_primitive_desc_create (&bwd_weights_pd, &bwd_weights_desc, plain_attr,
+                                            exec->cpu->engine, fwd_pd),
                 what_bw, error)
-        || !check (dnnl_primitive_desc_create (&bwd_weights_pd, &bwd_weights_desc, plain_attr,
-                                               exec->cpu->engine, fwd_pd),
-                   what_bw, error)
         || !new_primitive (exec, bwd_weights_pd, what_bw, &node->backward_weights, error))
       goto out;
     {
@@ -311,12 +339,30 @@ compile_conv (EadTrainExec *exec,
       const dnnl_memory_desc_t *dd_md = dnnl_primitive_desc_query_md (bwd_weights_pd, dnnl_query_diff_dst_md, 0);
       const dnnl_memory_desc_t *s_md = dnnl_primitive_desc_query_md (bwd_weights_pd, dnnl_query_src_md, 0);
 
-      if (!dnnl_memory_desc_equal (dd_md, dst_md) || !dnnl_memory_desc_equal (s_md, src_md))
+      if (!dnnl_memory_desc_equal (dd_md, dst_md)
+          || (layer->padding <= layer->kernel / 2 && !dnnl_memory_desc_equal (s_md, src_md)))
         {
           g_set_error (error, EAD_ERROR, EAD_ERROR_BACKEND,
                        "oneDNN: %s uses layouts unlike its activations", what_bw);
           goto out;
         }
+      if (layer->padding > layer->kernel / 2)
+        {
+          dnnl_dims_t offsets = { 0, 0, layer->padding - layer->kernel / 2, 0 };
+          dnnl_memory_desc_t interior_md;
+          void *padded = new_buffer (exec, dnnl_memory_desc_get_size (s_md));  /* zeroed */
+
+          node->src_bwd_weights = new_memory (exec, s_md, padded);
+          if (!check (dnnl_memory_desc_init_submemory (&interior_md, s_md, src_md->dims, offsets),
+                      what_bw, error))
+            goto out;
+          node->src_bwd_weights_interior = new_memory (exec, &interior_md, padded);
+          if (!new_reorder (exec, src_md, &interior_md, FALSE, "padded source",
+                            &node->reorder_src_bwd_weights, error))
+            goto out;
+        }
+      else
+        node->src_bwd_weights = node->src;
       node->diff_weights = new_memory (exec, dw_md, new_buffer (exec, dnnl_memory_desc_get_size (dw_md)));
       node->diff_bias = new_memory (exec, &b_md, new_buffer (exec, layer->out_channels * sizeof (float)));
       node->grad_weights_user = new_memory (exec, &w_plain, DNNL_MEMORY_NONE);
@@ -797,12 +843,15 @@ _ead_cpu_train_backward (EadTrainExec *exec, const float *diff_out, GError **err
                 relu_backward (exec->dt, diff, node->dst_buffer, node->dst_elements);
               }
             dnnl_memory_set_data_handle (node->grad_weights_user, exec->grad->weight[node->layer]);
-            ok = execute (exec, node->backward_weights, 4,
-                          (dnnl_exec_arg_t[]) { { DNNL_ARG_SRC, node->src },
-                                                { DNNL_ARG_DIFF_DST, node->diff_dst },
-                                                { DNNL_ARG_DIFF_WEIGHTS, node->diff_weights },
-                                                { DNNL_ARG_DIFF_BIAS, node->diff_bias } },
-                          error)
+            ok = (node->reorder_src_bwd_weights == NULL
+                  || reorder (exec, node->reorder_src_bwd_weights, node->src,
+                              node->src_bwd_weights_interior, error))
+                 && execute (exec, node->backward_weights, 4,
+                             (dnnl_exec_arg_t[]) { { DNNL_ARG_SRC, node->src_bwd_weights },
+                                                   { DNNL_ARG_DIFF_DST, node->diff_dst },
+                                                   { DNNL_ARG_DIFF_WEIGHTS, node->diff_weights },
+                                                   { DNNL_ARG_DIFF_BIAS, node->diff_bias } },
+                             error)
                  && reorder (exec, node->accumulate_weights, node->diff_weights,
                              node->grad_weights_user, error)
                  && (node->backward_data == NULL

@@ -119,6 +119,14 @@ ead_backend_get (const char *device, GError **error)
   return ead_backend_cpu ();
 }
 
+GMutex *
+ead_backend_compile_mutex (void)
+{
+  static GMutex mutex;
+
+  return &mutex;
+}
+
 gboolean
 ead_precision_parse (const char *text, EadPrecision *precision, GError **error)
 {

@@ -128,6 +128,15 @@ struct _EadBackend {
  * key = ead_random_key (seed, "dropout.<layer index>"). */
 void ead_dropout_mask (guint64 seed, int layer, float p, float *mask, size_t count);
 
+/* The thread count and precision are settings of the (process-wide) backend that compile
+ * reads.  Whoever sets them and compiles holds this mutex from the first setting to the
+ * last compile, so that a detector made on one thread and a trainer on another each get
+ * their own settings:
+ *
+ *   g_autoptr (GMutexLocker) locker = g_mutex_locker_new (ead_backend_compile_mutex ());
+ */
+GMutex *ead_backend_compile_mutex (void);
+
 /* The CPU backend (a process-wide singleton; never freed). */
 EadBackend *ead_backend_cpu (void);
 

@@ -75,6 +75,7 @@ ead_detector_new (const EadModel *model, const EadDetectorOptions *options, GErr
 {
   static const EadDetectorOptions defaults = { .max_batch = 1, .threads = 0, .device = "cpu" };
   g_autoptr (EadDetector) detector = NULL;
+  g_autoptr (GMutexLocker) locker = NULL;
   EadShape in = { 3, model->input_height, model->input_width };
   EadShape t_shape, s_shape, a_shape;
   size_t map_size;
@@ -106,6 +107,7 @@ ead_detector_new (const EadModel *model, const EadDetectorOptions *options, GErr
   detector->backend = ead_backend_get (options->device ? options->device : "cpu", error);
   if (detector->backend == NULL)
     return NULL;
+  locker = g_mutex_locker_new (ead_backend_compile_mutex ());
   detector->backend->set_threads (detector->backend, options->threads);
   if (!detector->backend->set_precision (detector->backend, options->precision, error))
     return NULL;

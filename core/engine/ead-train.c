@@ -121,6 +121,7 @@ ead_trainer_new (const EadModel *teacher,
                  GError **error)
 {
   g_autoptr (EadTrainer) trainer = g_new0 (EadTrainer, 1);
+  g_autoptr (GMutexLocker) locker = NULL;
   EadBackend *backend;
   EadShape out;
   int h = teacher->input_height, w = teacher->input_width;
@@ -158,6 +159,7 @@ ead_trainer_new (const EadModel *teacher,
       return NULL;
     }
   trainer->backend = backend;
+  locker = g_mutex_locker_new (ead_backend_compile_mutex ());
   backend->set_threads (backend, options->threads);
   if (!backend->set_precision (backend, options->precision, error))
     return NULL;
@@ -353,8 +355,9 @@ adam_update (float *param, const float *grad, float *m, float *v, size_t n, doub
     }
 }
 
-static void
-adam_net (EadNet *net, EadNet *grad, EadNet *m, EadNet *v, double lr, double weight_decay, int t)
+void
+ead_adam_step_net (EadNet *net, const EadNet *grad, EadNet *m, EadNet *v, double lr,
+                   double weight_decay, int t)
 {
   for (int i = 0; i < net->n_layers; i++)
     if (net->layers[i].kind == EAD_LAYER_CONV)
@@ -499,10 +502,10 @@ step_on_inputs (EadTrainer *trainer, int step, guint64 dropout_seed, gboolean ap
   losses_out[4] = stae;
   if (!apply)
     return TRUE;
-  adam_net (trainer->model->student, trainer->grad_student, trainer->m_student,
-            trainer->v_student, lr, trainer->options.weight_decay, step + 1);
-  adam_net (trainer->model->autoencoder, trainer->grad_ae, trainer->m_ae, trainer->v_ae, lr,
-            trainer->options.weight_decay, step + 1);
+  ead_adam_step_net (trainer->model->student, trainer->grad_student, trainer->m_student,
+                     trainer->v_student, lr, trainer->options.weight_decay, step + 1);
+  ead_adam_step_net (trainer->model->autoencoder, trainer->grad_ae, trainer->m_ae,
+                     trainer->v_ae, lr, trainer->options.weight_decay, step + 1);
   ead_net_zero (trainer->grad_student);
   ead_net_zero (trainer->grad_ae);
   return TRUE;
@@ -552,8 +555,8 @@ ead_trainer_get_state (EadTrainer *trainer,
 /* Checkpoints: the trained weights, Adam's moments, the loss history and what the run
  * must agree on to be resumed (seed, steps, data, teacher), in a safetensors file. */
 
-static void
-add_net (EadSafetensorsWriter *writer, const char *prefix, const EadNet *net)
+void
+ead_checkpoint_add_net (EadSafetensorsWriter *writer, const char *prefix, const EadNet *net)
 {
   for (int i = 0; i < net->n_layers; i++)
     {
@@ -572,8 +575,8 @@ add_net (EadSafetensorsWriter *writer, const char *prefix, const EadNet *net)
     }
 }
 
-static gboolean
-read_net (EadSafetensors *file, const char *prefix, EadNet *net, GError **error)
+gboolean
+ead_checkpoint_read_net (EadSafetensors *file, const char *prefix, EadNet *net, GError **error)
 {
   for (int i = 0; i < net->n_layers; i++)
     {
@@ -619,12 +622,12 @@ write_checkpoint (EadTrainer *trainer, GError **error)
   gint64 stats_shape[1] = { EAD_TEACHER_CHANNELS };
   gint64 history_shape[2] = { MAX (trainer->step, 1), HISTORY_COLUMNS };
 
-  add_net (writer, "student", trainer->model->student);
-  add_net (writer, "autoencoder", trainer->model->autoencoder);
-  add_net (writer, "adam.m.student", trainer->m_student);
-  add_net (writer, "adam.v.student", trainer->v_student);
-  add_net (writer, "adam.m.autoencoder", trainer->m_ae);
-  add_net (writer, "adam.v.autoencoder", trainer->v_ae);
+  ead_checkpoint_add_net (writer, "student", trainer->model->student);
+  ead_checkpoint_add_net (writer, "autoencoder", trainer->model->autoencoder);
+  ead_checkpoint_add_net (writer, "adam.m.student", trainer->m_student);
+  ead_checkpoint_add_net (writer, "adam.v.student", trainer->v_student);
+  ead_checkpoint_add_net (writer, "adam.m.autoencoder", trainer->m_ae);
+  ead_checkpoint_add_net (writer, "adam.v.autoencoder", trainer->v_ae);
   ead_safetensors_writer_add (writer, "teacher_mean", 1, stats_shape, trainer->model->teacher_mean);
   ead_safetensors_writer_add (writer, "teacher_std", 1, stats_shape, trainer->model->teacher_std);
   ead_safetensors_writer_add (writer, "history", 2, history_shape, trainer->history);
@@ -663,12 +666,12 @@ read_checkpoint (EadTrainer *trainer, GError **error)
     }
   {
     gint64 history_shape[2] = { (gint64) step, HISTORY_COLUMNS };
-    if (!read_net (file, "student", trainer->model->student, error)
-        || !read_net (file, "autoencoder", trainer->model->autoencoder, error)
-        || !read_net (file, "adam.m.student", trainer->m_student, error)
-        || !read_net (file, "adam.v.student", trainer->v_student, error)
-        || !read_net (file, "adam.m.autoencoder", trainer->m_ae, error)
-        || !read_net (file, "adam.v.autoencoder", trainer->v_ae, error)
+    if (!ead_checkpoint_read_net (file, "student", trainer->model->student, error)
+        || !ead_checkpoint_read_net (file, "autoencoder", trainer->model->autoencoder, error)
+        || !ead_checkpoint_read_net (file, "adam.m.student", trainer->m_student, error)
+        || !ead_checkpoint_read_net (file, "adam.v.student", trainer->v_student, error)
+        || !ead_checkpoint_read_net (file, "adam.m.autoencoder", trainer->m_ae, error)
+        || !ead_checkpoint_read_net (file, "adam.v.autoencoder", trainer->v_ae, error)
         || !ead_safetensors_read (file, "teacher_mean", 1, stats_shape, trainer->model->teacher_mean, error)
         || !ead_safetensors_read (file, "teacher_std", 1, stats_shape, trainer->model->teacher_std, error)
         || !ead_safetensors_read (file, "history", 2, history_shape, trainer->history, error))

@@ -13,6 +13,7 @@
 #include "ead-backend.h"
 #include "ead-dataset.h"
 #include "ead-model.h"
+#include "ead-safetensors.h"
 
 G_BEGIN_DECLS
 
@@ -102,6 +103,28 @@ gboolean ead_trainer_step_inputs (EadTrainer *trainer,
                                   guint64 dropout_seed,
                                   gboolean apply,
                                   float losses[EAD_TRAIN_LOSSES],
+                                  GError **error);
+
+/* Shared with the teacher distillation (ead-pretrain.h). */
+
+/* One step of PyTorch's Adam (betas 0.9 and 0.999, eps 1e-8, the single-tensor path of
+ * torch 1.13, scalars rounded to float as PyTorch does) with L2 weight decay added to the
+ * gradient, on every convolution weight and bias of net.  m and v are the moments (same
+ * layout as net), t the 1-based step number. */
+void ead_adam_step_net (EadNet *net,
+                        const EadNet *grad,
+                        EadNet *m,
+                        EadNet *v,
+                        double lr,
+                        double weight_decay,
+                        int t);
+
+/* A network's tensors in a checkpoint: "<prefix>.<layer>.weight" (OIHW) and ".bias" for
+ * every convolution; reading checks every shape (EAD_ERROR_FORMAT naming the tensor). */
+void ead_checkpoint_add_net (EadSafetensorsWriter *writer, const char *prefix, const EadNet *net);
+gboolean ead_checkpoint_read_net (EadSafetensors *file,
+                                  const char *prefix,
+                                  EadNet *net,
                                   GError **error);
 
 G_END_DECLS

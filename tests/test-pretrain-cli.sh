@@ -1,0 +1,143 @@
+#!/bin/sh
+# `ead teacher pretrain` end to end, small: the tiny ResNet of tests/fixtures/pretrain on a
+# few demo images (PDN-small at 256 x 256, batch 1).  An uninterrupted run and a run
+# interrupted with SIGINT (exit 130, checkpoint written, says how to continue) then resumed
+# write the same bundle, byte for byte; `ead train --teacher` accepts it; --json ends with
+# a done event; a missing backbone, a state_dict that is not a ResNet, an empty folder, an
+# unknown layer and missing options are refused with a clear message, exit code 1 or 2, and
+# no GLib warning.  Output: TAP.
+set -u
+EAD=$1
+BACKBONE=$EAD_TEST_FIXTURES/pretrain/backbone.pth
+NOT_RESNET=$EAD_TEST_FIXTURES/pth/tiny-s-nelson.pth
+TMP=$(mktemp -d)
+pid=
+trap '[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$TMP"' EXIT
+
+n=0
+failed=0
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; }
+show() { sed 's/^/# /' "$1"; }
+glib_clean() { ! grep -q -e "-CRITICAL" -e "-WARNING" -e "GLib" "$1"; }
+check() { # check DESCRIPTION COMMAND...: passes when the command succeeds
+  desc=$1; shift
+  if "$@" >"$TMP/out" 2>"$TMP/err" && glib_clean "$TMP/err"; then ok "$desc"; else not_ok "$desc"; show "$TMP/err"; fi
+}
+refuses() { # refuses DESCRIPTION NEEDLE COMMAND...: exit 1 or 2 with NEEDLE on stderr
+  desc=$1; needle=$2; shift 2
+  "$@" >"$TMP/out" 2>"$TMP/err"
+  code=$?
+  if [ "$code" -ge 1 ] && [ "$code" -le 2 ] && grep -q -- "$needle" "$TMP/err" && glib_clean "$TMP/err"; then
+    ok "$desc"
+  else
+    not_ok "$desc (exit $code)"
+    show "$TMP/err"
+  fi
+}
+checkpoint_step() {
+  [ -f "$1" ] || return 0
+  head -c 65536 "$1" | tr -d ' \n' | grep -ao '"ead.checkpoint.step":"[0-9]*"' | tr -dc '0-9'
+}
+# same_but_command A B: two bundles hold the same bytes but for the command each records:
+# the tensors byte for byte, and the JSON headers without ead.pretrain.command and the
+# padding (FILE.header and FILE.data are left next to each)
+same_but_command() {
+  for f in "$1" "$2"; do
+    length=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
+    tail -c +$((9 + length)) "$f" >"$f.data"
+    head -c $((8 + length)) "$f" | tail -c "$length" >"$f.header"
+  done
+  cmp "$1.data" "$2.data" || return 1
+  for f in "$1" "$2"; do
+    sed -e 's/"ead.pretrain.command":"[^"]*",\{0,1\}//' -e 's/ *$//' "$f.header" >"$f.rest"
+  done
+  cmp "$1.rest" "$2.rest"
+}
+wait_step() { # wait_step FILE MIN: up to 2 minutes for checkpoint FILE to hold a step >= MIN
+  tries=0
+  while [ "$tries" -lt 600 ]; do
+    step=$(checkpoint_step "$1")
+    if [ -n "$step" ] && [ "$step" -ge "$2" ]; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.2
+    tries=$((tries + 1))
+  done
+  return 1
+}
+
+check "demo images" "$EAD" demo --scenes surface --train 10 --test-good 1 --test-defect 1 "$TMP/demo"
+IMAGES=$TMP/demo/surface
+set -- "$EAD" teacher pretrain --backbone "$BACKBONE" --images "$IMAGES" --steps 4 --batch 1 \
+  --stats-images 1 --checkpoint-every 1 --threads 2 --log-every 1
+A=$TMP/a.ead.safetensors
+B=$TMP/b.ead.safetensors
+
+check "uninterrupted distillation" "$@" --out "$A"
+[ -s "$A" ] && [ ! -e "$A.checkpoint" ] && grep -q "^step 4/4 loss" "$TMP/out" \
+  && ok "bundle written, progress lines, checkpoint removed" \
+  || not_ok "bundle written, progress lines, checkpoint removed"
+
+# B: interrupted with SIGINT once a checkpoint exists ...
+"$@" --out "$B" >"$TMP/b1.out" 2>"$TMP/b1.err" &
+pid=$!
+if wait_step "$B.checkpoint" 1; then
+  kill -INT "$pid"
+  wait "$pid"
+  code=$?
+  step=$(checkpoint_step "$B.checkpoint")
+  if [ "$code" -eq 130 ] && grep -q "continue with --resume" "$TMP/b1.err" && glib_clean "$TMP/b1.err" \
+    && [ -n "$step" ] && [ "$step" -lt 4 ] && [ ! -e "$B" ]; then
+    ok "SIGINT exits 130, leaves the checkpoint of step $step and says how to continue"
+  else
+    not_ok "SIGINT exits 130, leaves a checkpoint and says how to continue (exit $code, step $step)"
+    show "$TMP/b1.err"
+  fi
+else
+  wait "$pid"
+  not_ok "a checkpoint appears within 2 minutes"
+  show "$TMP/b1.err"
+fi
+pid=
+
+# ... and resumed to the end
+check "resumed to the end" "$@" --out "$B" --resume
+if same_but_command "$A" "$B" >"$TMP/cmp" 2>&1 && grep -q '"ead.pretrain.command":"[^"]* --resume"' "$B.header"; then
+  ok "interrupted and resumed: the same bundle as uninterrupted (but the command it records)"
+else
+  not_ok "interrupted and resumed: the same bundle as uninterrupted (but the command it records)"
+  show "$TMP/cmp"
+fi
+
+check "ead train --teacher takes the distilled teacher" \
+  "$EAD" train --data "$IMAGES" --teacher "$A" --steps 1 --checkpoint-every 0 --threads 2 \
+  --out "$TMP/model.ead.safetensors"
+
+"$EAD" teacher pretrain --backbone "$BACKBONE" --images "$IMAGES" --layers layer3 --steps 1 \
+  --batch 1 --stats-images 1 --checkpoint-every 0 --threads 2 --json --out "$TMP/c.ead.safetensors" \
+  >"$TMP/out" 2>"$TMP/err"
+code=$?
+if [ "$code" -eq 0 ] && tail -n 1 "$TMP/out" | grep -q '"event":"done".*"layers":"layer3"' && glib_clean "$TMP/err"; then
+  ok "--json ends with a done event"
+else
+  not_ok "--json ends with a done event (exit $code)"
+  show "$TMP/out"
+  show "$TMP/err"
+fi
+
+mkdir "$TMP/empty"
+set -- --steps 1 --batch 1 --stats-images 1 --threads 2 --out "$TMP/e.ead.safetensors"
+refuses "a missing backbone" "resnet101.pth" \
+  "$EAD" teacher pretrain --backbone "$TMP/resnet101.pth" --images "$IMAGES" "$@"
+refuses "a state_dict that is not a ResNet" "not the state_dict of a torchvision ResNet" \
+  "$EAD" teacher pretrain --backbone "$NOT_RESNET" --images "$IMAGES" "$@"
+refuses "an empty image folder" "no images" \
+  "$EAD" teacher pretrain --backbone "$BACKBONE" --images "$TMP/empty" "$@"
+refuses "an unknown layer" "'layer7' in 'layer2,layer7' is not a backbone level" \
+  "$EAD" teacher pretrain --backbone "$BACKBONE" --images "$IMAGES" --layers layer2,layer7 "$@"
+refuses "no --out" "expected --backbone FILE.pth, --images DIR and --out BUNDLE" \
+  "$EAD" teacher pretrain --backbone "$BACKBONE" --images "$IMAGES"
+[ ! -e "$TMP/e.ead.safetensors" ] && ok "no bundle from a refused run" || not_ok "no bundle from a refused run"
+
+echo "1..$n"
+[ "$failed" -eq 0 ]
