@@ -140,6 +140,12 @@ test_fixture_levels (void)
   g_assert_no_error (error);
   g_assert_cmpstr (backbone->level_names[0], ==, "proj");
   g_assert_null (backbone->level_names[3]);
+  /* no "mean"/"std" in the fixture's "input": plain RGB / 255 */
+  for (int c = 0; c < 3; c++)
+    {
+      g_assert_cmpfloat (backbone->input_mean[c], ==, 0.0f);
+      g_assert_cmpfloat (backbone->input_std[c], ==, 1.0f);
+    }
   levels = ead_backbone_parse_levels ("level2, layer3", &error);
   g_assert_no_error (error);
   g_assert_cmpuint (levels, ==, 0x6);

@@ -160,6 +160,9 @@ check_model (const char *dir, JsonObject *model, const int in_shape[4], const fl
   g_assert_no_error (error);
   load_s = (g_get_monotonic_time () - start) / 1e6;
   g_assert_cmpstr (backbone->arch, ==, json_object_get_string_member (model, "arch"));
+  /* torchvision's weights take ImageNet-normalised images */
+  g_assert_cmpfloat (backbone->input_mean[0], ==, 0.485f);
+  g_assert_cmpfloat (backbone->input_std[2], ==, 0.225f);
 
   start = g_get_monotonic_time ();
   exec = ead_backbone_compile (backbone, ALL_LEVELS, batch, height, width, &error);

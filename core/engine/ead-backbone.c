@@ -432,6 +432,9 @@ ead_backbone_new_from_checkpoint (const EadTorchCheckpoint *checkpoint, GError *
   backbone->block_kind = s.kind;
   backbone->depth = (s.kind == EAD_BACKBONE_BASIC ? 2 : 3) * total_blocks + 2;
   backbone->arch = arch_name (&s, backbone->depth);
+  /* torchvision's ImageNet weights take ImageNet-normalised inputs */
+  memcpy (backbone->input_mean, (float[3]) { 0.485f, 0.456f, 0.406f }, sizeof backbone->input_mean);
+  memcpy (backbone->input_std, (float[3]) { 0.229f, 0.224f, 0.225f }, sizeof backbone->input_std);
   memcpy (backbone->level_blocks, s.blocks, sizeof s.blocks);
   memcpy (backbone->level_channels, s.outputs, sizeof s.outputs);
   /* the stem, and at most 3 convolutions and a shortcut per block */
@@ -591,6 +594,51 @@ node_string (const NodeReader *r, const char *member)
       || json_node_get_value_type (node) != G_TYPE_STRING)
     return NULL;
   return json_node_get_string (node);
+}
+
+/* The graph's "input": {"mean": [m, m, m], "std": [s, s, s]}, the normalisation of
+ * RGB / 255 the network expects; without them 0 and 1 (plain RGB / 255). */
+static gboolean
+read_input_normalisation (JsonObject *graph, const char *path, EadBackbone *backbone,
+                          GError **error)
+{
+  JsonObject *input = json_object_has_member (graph, "input")
+                      && JSON_NODE_HOLDS_OBJECT (json_object_get_member (graph, "input"))
+                        ? json_object_get_object_member (graph, "input") : NULL;
+
+  for (int c = 0; c < 3; c++)
+    {
+      backbone->input_mean[c] = 0.0f;
+      backbone->input_std[c] = 1.0f;
+    }
+  for (int k = 0; input != NULL && k < 2; k++)
+    {
+      const char *key = k == 0 ? "mean" : "std";
+      float *out = k == 0 ? backbone->input_mean : backbone->input_std;
+      JsonNode *member = json_object_get_member (input, key);
+      JsonArray *values;
+
+      if (member == NULL)
+        continue;
+      values = JSON_NODE_HOLDS_ARRAY (member) ? json_node_get_array (member) : NULL;
+      if (values == NULL || json_array_get_length (values) != 3)
+        {
+          g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                       "%s: %s: input %s must be an array of 3 numbers", path, GRAPH_KEY, key);
+          return FALSE;
+        }
+      for (int c = 0; c < 3; c++)
+        {
+          out[c] = (float) json_array_get_double_element (values, c);
+          if (!isfinite (out[c]) || (k == 1 && out[c] <= 0.0f))
+            {
+              g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                           "%s: %s: input %s[%d] is not usable", path, GRAPH_KEY, key, c);
+              return FALSE;
+            }
+        }
+    }
+  return TRUE;
 }
 
 /* An earlier node by name ("input": -1). */
@@ -831,6 +879,8 @@ ead_backbone_load_graph (const char *path, GError **error)
   backbone->family = EAD_BACKBONE_GRAPH;
   arch = ead_safetensors_lookup_metadata (file, "ead.backbone.arch");
   backbone->arch = g_strdup_printf ("%s", arch != NULL ? arch : "graph");
+  if (!read_input_normalisation (json_node_get_object (root), path, backbone, error))
+    return NULL;
   backbone->convs = g_new0 (EadBackboneConv, MAX (n, 1));
   backbone->nodes = g_new0 (EadBackboneNode, MAX (n, 1));
   for (guint i = 0; i < n; i++)

@@ -113,6 +113,10 @@ typedef struct {
   EadBackboneNode *nodes;
   int level_nodes[EAD_BACKBONE_LEVELS];    /* graph: the node of each level, -1 if none */
   char *level_names[EAD_BACKBONE_LEVELS];  /* "layer2", or the graph's node name; NULL if none */
+  /* the input the network was trained on: (RGB / 255 - mean) / std per channel;
+   * torchvision: ImageNet's; a graph: its "input" "mean" and "std", else 0 and 1 */
+  float input_mean[3];
+  float input_std[3];
 } EadBackbone;
 
 /* Reads path with ead_torch_checkpoint_read and builds the backbone.  Errors: those of

@@ -207,6 +207,7 @@ struct _EadPretrainer {
   GHashTable *skipped_paths;
   EadBackend *backend;
   EadBackboneExec *backbone;
+  float backbone_mean[3], backbone_std[3];  /* the backbone's input normalisation */
   EadPatchAggregator *aggregator;
   EadNet *pdn, *grad, *m, *v;  /* padding on; Adam moments */
   EadTrainExec *exec;          /* batch 1 */
@@ -462,6 +463,8 @@ compile_target (EadPretrainer *pretrainer, const EadBackbone *backbone, GError *
                                                2 * options->input_width, error);
   if (pretrainer->backbone == NULL)
     return FALSE;
+  memcpy (pretrainer->backbone_mean, backbone->input_mean, sizeof pretrainer->backbone_mean);
+  memcpy (pretrainer->backbone_std, backbone->input_std, sizeof pretrainer->backbone_std);
   n = ead_backbone_exec_n_outputs (pretrainer->backbone);
   for (int l = 0; l < n; l++)
     {
@@ -678,7 +681,10 @@ prepare_sample (EadPretrainer *pretrainer, SampleStream *stream, guint64 k, floa
   crop = crop_image (image, h, w, u);
   large = ead_image_resize_bilinear (crop, 2 * w, 2 * h);
   small = ead_image_resize_bilinear (crop, w, h);
-  ead_image_to_input (large, backbone_input);
+  /* the backbone sees what it was trained on; the PDN, ImageNet-normalised images as in
+   * EfficientAD's training and inference */
+  ead_image_to_input_normalised (large, pretrainer->backbone_mean, pretrainer->backbone_std,
+                                 backbone_input);
   ead_image_to_input (small, pdn_input);
   return TRUE;
 }

@@ -1804,10 +1804,20 @@ ead_image_resize_bilinear (const EadImage *src, int width, int height)
 void
 ead_image_to_input (const EadImage *image, float *dst)
 {
-  /* torchvision's ToTensor (p / 255 in float32) then Normalize ((x - mean) / std, float32
-   * tensors): the same operations in the same precision give the same bits. */
   static const float mean[3] = { 0.485f, 0.456f, 0.406f };
   static const float std[3] = { 0.229f, 0.224f, 0.225f };
+
+  ead_image_to_input_normalised (image, mean, std, dst);
+}
+
+void
+ead_image_to_input_normalised (const EadImage *image,
+                               const float mean[3],
+                               const float std[3],
+                               float *dst)
+{
+  /* torchvision's ToTensor (p / 255 in float32) then Normalize ((x - mean) / std, float32
+   * tensors): the same operations in the same precision give the same bits. */
   size_t n;
 
   g_return_if_fail (image != NULL && dst != NULL);

@@ -70,6 +70,11 @@ EadImage *ead_image_resize_bilinear (const EadImage *src, int width, int height)
  * (CHW), value = (pixel / 255 - mean[c]) / std[c] with the ImageNet mean and std.
  * The image must already have the network size. */
 void ead_image_to_input (const EadImage *image, float *dst);
+/* The same with another normalisation: (p / 255 - mean[c]) / std[c]. */
+void ead_image_to_input_normalised (const EadImage *image,
+                                    const float mean[3],
+                                    const float std[3],
+                                    float *dst);
 
 /* Writes an 8-bit RGB PNG, atomically (temporary file, then rename). */
 gboolean ead_image_save_png (const EadImage *image, const char *path, GError **error);

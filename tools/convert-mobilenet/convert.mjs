@@ -232,7 +232,8 @@ export function graphJson({ nodes, levels, head }) {
   const name = (i) => (i < 0 ? 'input' : nodes[i].name);
   return {
     format: 1,
-    input: { channels: 3 },
+    // nsfwjs feeds RGB / 255, with no mean or std
+    input: { channels: 3, mean: [0, 0, 0], std: [1, 1, 1] },
     nodes: nodes.map((n) => ({
       name: n.name, op: 'conv', input: name(n.input),
       in_channels: n.in_channels, out_channels: n.out_channels, kernel: n.kernel,
