@@ -1129,10 +1129,7 @@ owned_memory (EadBackboneExec *exec, const dnnl_memory_desc_t *user_md, const fl
 {
   const size_t size = align_up (dnnl_memory_desc_get_size (md));
   void *buffer = aligned_alloc (EAD_CPU_ALIGNMENT, size);
-  dnnl_memory_t user = NULL, owned;
-  dnnl_primitive_desc_t pd = NULL;
-  dnnl_primitive_t reorder = NULL;
-  gboolean ok;
+  dnnl_memory_t owned;
 
   if (buffer == NULL)
     {
@@ -1142,25 +1139,9 @@ owned_memory (EadBackboneExec *exec, const dnnl_memory_desc_t *user_md, const fl
     }
   g_ptr_array_add (exec->owned, buffer);
   owned = bind (exec, md, PLACE_OWNED, 0, buffer, error);
-  ok = owned != NULL
-       && check (dnnl_memory_create (&user, user_md, exec->engine, (void *) data), "weights",
-                 error)
-       && check (dnnl_reorder_primitive_desc_create (&pd, user_md, exec->engine, md,
-                                                     exec->engine, NULL),
-                 "weight reorder", error)
-       && check (dnnl_primitive_create (&reorder, pd), "weight reorder", error)
-       && check (dnnl_primitive_execute (reorder, exec->stream, 2,
-                                         (dnnl_exec_arg_t[]) { { DNNL_ARG_FROM, user },
-                                                               { DNNL_ARG_TO, owned } }),
-                 "weight reorder", error)
-       && check (dnnl_stream_wait (exec->stream), "weight reorder", error);
-  if (reorder != NULL)
-    dnnl_primitive_destroy (reorder);
-  if (pd != NULL)
-    dnnl_primitive_desc_destroy (pd);
-  if (user != NULL)
-    dnnl_memory_destroy (user);
-  return ok ? owned : NULL;
+  return owned != NULL
+             && _ead_cpu_reorder_once (exec->engine, exec->stream, user_md, data, owned, error)
+           ? owned : NULL;
 }
 
 /* dst = conv(src) + bias, then, with a residual, dst += residual, then the activation.

@@ -24,6 +24,13 @@ size_t _ead_cpu_align (size_t n);
 /* Attributes with a user scratchpad and, when relu, a fused ReLU post-op. */
 dnnl_primitive_attr_t _ead_cpu_attr_new (gboolean relu);
 char *_ead_cpu_describe (const_dnnl_primitive_desc_t pd, const char *what);
+/* Reorders data (layout from_md, e.g. OIHW weights) into the memory `to`, once, and waits. */
+gboolean _ead_cpu_reorder_once (dnnl_engine_t engine,
+                                dnnl_stream_t stream,
+                                const dnnl_memory_desc_t *from_md,
+                                const void *data,
+                                dnnl_memory_t to,
+                                GError **error);
 
 EadTrainExec *_ead_cpu_train_compile (EadBackend *backend,
                                       EadNet *net,

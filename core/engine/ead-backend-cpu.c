@@ -203,30 +203,46 @@ prepare_weights (EadNetExec *exec,
 {
   size_t size = dnnl_memory_desc_get_size (want_md);
   void *buffer = aligned_alloc (ALIGNMENT, align_up (size));
-  dnnl_memory_t user = NULL, want;
+  dnnl_memory_t want;
+
+  g_ptr_array_add (exec->owned, buffer);
+  want = bind_memory (exec, want_md, SLOT_OWNED, buffer);
+  return _ead_cpu_reorder_once (exec->engine, exec->stream, user_md, data, want, error)
+           ? want : NULL;
+}
+
+gboolean
+_ead_cpu_reorder_once (dnnl_engine_t engine,
+                       dnnl_stream_t stream,
+                       const dnnl_memory_desc_t *from_md,
+                       const void *data,
+                       dnnl_memory_t to,
+                       GError **error)
+{
+  const dnnl_memory_desc_t *to_md = NULL;
+  dnnl_memory_t from = NULL;
   dnnl_primitive_desc_t pd = NULL;
   dnnl_primitive_t reorder = NULL;
   gboolean ok;
 
-  g_ptr_array_add (exec->owned, buffer);
-  want = bind_memory (exec, want_md, SLOT_OWNED, buffer);
-  ok = check (dnnl_memory_create (&user, user_md, exec->engine, (void *) data), "weights", error)
-       && check (dnnl_reorder_primitive_desc_create (&pd, user_md, exec->engine, want_md,
-                                                     exec->engine, NULL),
+  ok = to != NULL
+       && check (dnnl_memory_get_memory_desc (to, &to_md), "weights", error)
+       && check (dnnl_memory_create (&from, from_md, engine, (void *) data), "weights", error)
+       && check (dnnl_reorder_primitive_desc_create (&pd, from_md, engine, to_md, engine, NULL),
                  "weight reorder", error)
        && check (dnnl_primitive_create (&reorder, pd), "weight reorder", error)
-       && check (dnnl_primitive_execute (reorder, exec->stream, 2,
-                                         (dnnl_exec_arg_t[]) { { DNNL_ARG_FROM, user },
-                                                               { DNNL_ARG_TO, want } }),
+       && check (dnnl_primitive_execute (reorder, stream, 2,
+                                         (dnnl_exec_arg_t[]) { { DNNL_ARG_FROM, from },
+                                                               { DNNL_ARG_TO, to } }),
                  "weight reorder", error)
-       && check (dnnl_stream_wait (exec->stream), "weight reorder", error);
+       && check (dnnl_stream_wait (stream), "weight reorder", error);
   if (reorder != NULL)
     dnnl_primitive_destroy (reorder);
   if (pd != NULL)
     dnnl_primitive_desc_destroy (pd);
-  if (user != NULL)
-    dnnl_memory_destroy (user);
-  return ok ? want : NULL;
+  if (from != NULL)
+    dnnl_memory_destroy (from);
+  return ok;
 }
 
 static gboolean

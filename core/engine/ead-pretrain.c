@@ -908,32 +908,16 @@ write_checkpoint (EadPretrainer *pretrainer, GError **error)
 static gboolean
 read_checkpoint (EadPretrainer *pretrainer, GError **error)
 {
-  g_autoptr (EadSafetensors) file = ead_safetensors_open (pretrainer->checkpoint_path, error);
   g_autofree char *identity = run_identity (pretrainer);
   gint64 stats_shape[1] = { EAD_TEACHER_CHANNELS };
   gint64 history_shape[1];
-  const char *run, *step_text;
-  guint64 step;
+  int step;
+  g_autoptr (EadSafetensors) file = ead_checkpoint_open (pretrainer->checkpoint_path, identity,
+                                                         pretrainer->options.steps,
+                                                         "distillation", &step, error);
 
   if (file == NULL)
     return FALSE;
-  run = ead_safetensors_lookup_metadata (file, "ead.checkpoint.run");
-  step_text = ead_safetensors_lookup_metadata (file, "ead.checkpoint.step");
-  if (run == NULL || step_text == NULL
-      || !g_ascii_string_to_unsigned (step_text, 10, 1, G_MAXINT, &step, NULL))
-    {
-      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
-                   "%s: not a distillation checkpoint (no valid ead.checkpoint.step/run)",
-                   pretrainer->checkpoint_path);
-      return FALSE;
-    }
-  if (!g_str_equal (run, identity) || step > (guint64) pretrainer->options.steps)
-    {
-      g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
-                   "%s: the checkpoint belongs to another run (%s); this run is %s",
-                   pretrainer->checkpoint_path, run, identity);
-      return FALSE;
-    }
   history_shape[0] = step;
   if (!ead_checkpoint_read_net (file, "pdn", pretrainer->pdn, error)
       || !ead_checkpoint_read_net (file, "adam.m", pretrainer->m, error)

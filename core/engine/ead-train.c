@@ -636,34 +636,48 @@ write_checkpoint (EadTrainer *trainer, GError **error)
   return ead_safetensors_writer_write (writer, trainer->checkpoint_path, error);
 }
 
-static gboolean
-read_checkpoint (EadTrainer *trainer, GError **error)
+EadSafetensors *
+ead_checkpoint_open (const char *path, const char *identity, int max_step, const char *what,
+                     int *step, GError **error)
 {
-  g_autoptr (EadSafetensors) file = ead_safetensors_open (trainer->checkpoint_path, error);
-  g_autofree char *identity = run_identity (trainer);
-  gint64 stats_shape[1] = { EAD_TEACHER_CHANNELS };
+  g_autoptr (EadSafetensors) file = ead_safetensors_open (path, error);
   const char *run, *step_text;
-  guint64 step;
+  guint64 value;
 
   if (file == NULL)
-    return FALSE;
+    return NULL;
   run = ead_safetensors_lookup_metadata (file, "ead.checkpoint.run");
   step_text = ead_safetensors_lookup_metadata (file, "ead.checkpoint.step");
   if (run == NULL || step_text == NULL
-      || !g_ascii_string_to_unsigned (step_text, 10, 1, G_MAXINT, &step, NULL))
+      || !g_ascii_string_to_unsigned (step_text, 10, 1, G_MAXINT, &value, NULL))
     {
       g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
-                   "%s: not a training checkpoint (no valid ead.checkpoint.step/run)",
-                   trainer->checkpoint_path);
-      return FALSE;
+                   "%s: not a %s checkpoint (no valid ead.checkpoint.step/run)", path, what);
+      return NULL;
     }
-  if (!g_str_equal (run, identity) || step > (guint64) trainer->options.steps)
+  if (!g_str_equal (run, identity) || value > (guint64) max_step)
     {
       g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
-                   "%s: the checkpoint belongs to another run (%s); this run is %s",
-                   trainer->checkpoint_path, run, identity);
-      return FALSE;
+                   "%s: the checkpoint belongs to another run (%s); this run is %s", path, run,
+                   identity);
+      return NULL;
     }
+  *step = (int) value;
+  return g_steal_pointer (&file);
+}
+
+static gboolean
+read_checkpoint (EadTrainer *trainer, GError **error)
+{
+  g_autofree char *identity = run_identity (trainer);
+  gint64 stats_shape[1] = { EAD_TEACHER_CHANNELS };
+  int step;
+  g_autoptr (EadSafetensors) file = ead_checkpoint_open (trainer->checkpoint_path, identity,
+                                                         trainer->options.steps, "training",
+                                                         &step, error);
+
+  if (file == NULL)
+    return FALSE;
   {
     gint64 history_shape[2] = { (gint64) step, HISTORY_COLUMNS };
     if (!ead_checkpoint_read_net (file, "student", trainer->model->student, error)

@@ -122,6 +122,15 @@ void ead_adam_step_net (EadNet *net,
 /* A network's tensors in a checkpoint: "<prefix>.<layer>.weight" (OIHW) and ".bias" for
  * every convolution; reading checks every shape (EAD_ERROR_FORMAT naming the tensor). */
 void ead_checkpoint_add_net (EadSafetensorsWriter *writer, const char *prefix, const EadNet *net);
+/* Opens the checkpoint at path and checks that it belongs to this run: its
+ * ead.checkpoint.run must equal identity and its ead.checkpoint.step be 1..max_step,
+ * returned in *step.  what names the kind of run in messages ("training"). */
+EadSafetensors *ead_checkpoint_open (const char *path,
+                                     const char *identity,
+                                     int max_step,
+                                     const char *what,
+                                     int *step,
+                                     GError **error);
 gboolean ead_checkpoint_read_net (EadSafetensors *file,
                                   const char *prefix,
                                   EadNet *net,
