@@ -142,6 +142,8 @@ ead_cmd_info (int argc, char **argv)
   g_autofree const char **keys = NULL;
   guint n_keys;
   size_t params;
+  gboolean teacher_only;
+  const char *teacher_source;
   int exit_code;
 
   if (!ead_cli_parse ("info", "BUNDLE", "Describe a model bundle.", entries, &argc, &argv,
@@ -174,8 +176,12 @@ ead_cmd_info (int argc, char **argv)
         }
       implementations = ead_detector_describe (detector);
     }
-  params = ead_net_parameter_count (model->teacher) + ead_net_parameter_count (model->student)
-           + ead_net_parameter_count (model->autoencoder);
+  teacher_only = ead_model_is_teacher_only (model);
+  params = ead_net_parameter_count (model->teacher);
+  if (!teacher_only)
+    params += ead_net_parameter_count (model->student)
+              + ead_net_parameter_count (model->autoencoder);
+  teacher_source = g_hash_table_lookup (model->metadata, "ead.teacher.source");
   keys = (const char **) g_hash_table_get_keys_as_array (model->metadata, &n_keys);
   qsort (keys, n_keys, sizeof *keys, compare_keys);
 
@@ -193,8 +199,12 @@ ead_cmd_info (int argc, char **argv)
       json_builder_add_int_value (builder, model->input_height);
       json_builder_set_member_name (builder, "input_width");
       json_builder_add_int_value (builder, model->input_width);
+      json_builder_set_member_name (builder, "content");
+      json_builder_add_string_value (builder, teacher_only ? "teacher" : "model");
       json_builder_set_member_name (builder, "parameters");
       json_builder_add_int_value (builder, params);
+      json_builder_set_member_name (builder, "teacher");
+      json_builder_add_string_value (builder, teacher_source ? teacher_source : "unknown");
       json_builder_set_member_name (builder, "quantiles");
       json_builder_begin_object (builder);
       json_builder_set_member_name (builder, "st_a");
@@ -228,11 +238,20 @@ ead_cmd_info (int argc, char **argv)
   printf ("%s\n", argv[1]);
   printf ("  model        %s, network input %dx%d (HxW)\n", ead_arch_name (model->arch),
           model->input_height, model->input_width);
-  printf ("  parameters   %zu (teacher %zu, student %zu, autoencoder %zu)\n", params,
-          ead_net_parameter_count (model->teacher), ead_net_parameter_count (model->student),
-          ead_net_parameter_count (model->autoencoder));
-  printf ("  quantiles    student-teacher %.6g .. %.6g, autoencoder %.6g .. %.6g\n",
-          model->q_st_a, model->q_st_b, model->q_ae_a, model->q_ae_b);
+  if (teacher_only)
+    {
+      printf ("  content      a teacher only: train a model with it (ead train --teacher %s)\n",
+              argv[1]);
+      printf ("  parameters   %zu (teacher)\n", params);
+    }
+  else
+    printf ("  parameters   %zu (teacher %zu, student %zu, autoencoder %zu)\n", params,
+            ead_net_parameter_count (model->teacher), ead_net_parameter_count (model->student),
+            ead_net_parameter_count (model->autoencoder));
+  printf ("  teacher      %s\n", teacher_source ? teacher_source : "unknown");
+  if (!teacher_only)
+    printf ("  quantiles    student-teacher %.6g .. %.6g, autoencoder %.6g .. %.6g\n",
+            model->q_st_a, model->q_st_b, model->q_ae_a, model->q_ae_b);
   for (guint i = 0; i < n_keys; i++)
     printf ("  %-28s %s\n", keys[i], (const char *) g_hash_table_lookup (model->metadata, keys[i]));
   if (implementations != NULL)

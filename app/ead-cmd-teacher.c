@@ -1,4 +1,4 @@
-/* ead teacher import, ead teacher pretrain */
+/* ead teacher import, ead teacher pretrain, ead teacher pack */
 #include "config.h"
 
 #include <gio/gio.h>
@@ -14,6 +14,10 @@
 #include "ead-model.h"
 #include "ead-pretrain.h"
 #include "ead-teacher-import.h"
+
+#define EAD_TEACHER_HALF_ENTRY(flag) \
+  { "half", 0, 0, G_OPTION_ARG_NONE, &(flag), \
+    "Store the weights as fp16 (half the file; the teacher's features move by ~1e-3)", NULL }
 
 static void
 print_json (const char *source, const char *out, const EadModel *model)
@@ -51,11 +55,12 @@ teacher_import (int argc, char **argv)
 {
   g_autofree char *arch_text = NULL;
   g_autofree char *out = NULL;
-  gboolean json = FALSE;
+  gboolean json = FALSE, half = FALSE;
   const GOptionEntry entries[] = {
     { "model", 'm', 0, G_OPTION_ARG_STRING, &arch_text, "Teacher size: s or m", "s|m" },
     { "out", 'o', 0, G_OPTION_ARG_FILENAME, &out, "Teacher bundle to write (*.ead.safetensors)",
       "BUNDLE" },
+    EAD_TEACHER_HALF_ENTRY (half),
     { "json", 0, 0, G_OPTION_ARG_NONE, &json, "Print JSON", NULL },
     G_OPTION_ENTRY_NULL
   };
@@ -83,7 +88,7 @@ teacher_import (int argc, char **argv)
       return EAD_EXIT_USAGE;
     }
   model = ead_teacher_import (argv[1], arch, &error);
-  if (model == NULL || !ead_bundle_write (model, out, &error))
+  if (model == NULL || !ead_bundle_write_teacher (model, out, half, &error))
     {
       ead_cli_error ("teacher import", "%s", error->message);
       return EAD_EXIT_FAILURE;
@@ -265,9 +270,10 @@ teacher_pretrain (int argc, char **argv)
   g_autofree char *precision_text = NULL;
   g_autofree char *out = NULL;
   gint64 seed = 0;
+  double learning_rate = 1e-4;
   int steps = 60000, batch = 16, stats_images = 1000, threads = 0, checkpoint_every = 1000;
   int log_every = 10;
-  gboolean resume = FALSE, json = FALSE;
+  gboolean resume = FALSE, json = FALSE, half = FALSE;
   const GOptionEntry entries[] = {
     { "backbone", 0, 0, G_OPTION_ARG_FILENAME, &backbone_path,
       "A torchvision ResNet state_dict (e.g. wide_resnet101_2's IMAGENET1K_V1 weights) or a "
@@ -279,6 +285,8 @@ teacher_pretrain (int argc, char **argv)
     { "model", 'm', 0, G_OPTION_ARG_STRING, &arch_text, "Teacher size: s or m (default s)", "s|m" },
     { "steps", 0, 0, G_OPTION_ARG_INT, &steps, "Distillation steps (default 60000)", "N" },
     { "batch", 0, 0, G_OPTION_ARG_INT, &batch, "Images per step (default 16)", "N" },
+    { "learning-rate", 0, 0, G_OPTION_ARG_DOUBLE, &learning_rate,
+      "Adam learning rate (default 1e-4, the paper's; short runs may use more)", "LR" },
     { "stats-images", 0, 0, G_OPTION_ARG_INT, &stats_images,
       "Samples for the target mean and std (default 1000; the paper: 10000)", "N" },
     { "seed", 0, 0, G_OPTION_ARG_INT64, &seed, "Seed (default 0)", "S" },
@@ -292,6 +300,7 @@ teacher_pretrain (int argc, char **argv)
     { "json", 0, 0, G_OPTION_ARG_NONE, &json, "JSON events on stdout, one per line", NULL },
     { "out", 'o', 0, G_OPTION_ARG_FILENAME, &out, "Teacher bundle to write (*.ead.safetensors)",
       "BUNDLE" },
+    EAD_TEACHER_HALF_ENTRY (half),
     G_OPTION_ENTRY_NULL
   };
   g_autoptr (GError) error = NULL;
@@ -334,11 +343,11 @@ teacher_pretrain (int argc, char **argv)
       return EAD_EXIT_USAGE;
     }
   if (steps < 1 || batch < 1 || stats_images < 1 || log_every < 1 || threads < 0
-      || checkpoint_every < 0 || seed < 0)
+      || checkpoint_every < 0 || seed < 0 || !(learning_rate > 0.0 && learning_rate < 1.0))
     {
       ead_cli_error ("teacher pretrain", "--steps, --batch, --stats-images and --log-every must be "
                                          "positive; --threads, --checkpoint-every and --seed 0 or "
-                                         "more");
+                                         "more; --learning-rate between 0 and 1");
       return EAD_EXIT_USAGE;
     }
 
@@ -358,6 +367,7 @@ teacher_pretrain (int argc, char **argv)
   options.images_dir = images;
   options.steps = steps;
   options.batch = batch;
+  options.learning_rate = learning_rate;
   options.stats_images = stats_images;
   options.seed = seed;
   options.threads = threads;
@@ -404,7 +414,7 @@ teacher_pretrain (int argc, char **argv)
                      cancelled ? "; continue with --resume" : "");
       return cancelled ? 130 : EAD_EXIT_FAILURE;
     }
-  if (!ead_bundle_write (model, out, &error))
+  if (!ead_bundle_write_teacher (model, out, half, &error))
     {
       ead_cli_error ("teacher pretrain", "%s (the checkpoint %s is kept)", error->message,
                      checkpoint);
@@ -415,6 +425,61 @@ teacher_pretrain (int argc, char **argv)
   return EAD_EXIT_OK;
 }
 
+/* ---- ead teacher pack ---- */
+
+static gboolean
+is_pretrain_checkpoint (const char *path)
+{
+  g_autoptr (EadSafetensors) file = ead_safetensors_open (path, NULL);
+  const char *run = file ? ead_safetensors_lookup_metadata (file, "ead.checkpoint.run") : NULL;
+
+  return run != NULL && g_str_has_prefix (run, "pretrain ");
+}
+
+static int
+teacher_pack (int argc, char **argv)
+{
+  g_autofree char *out = NULL;
+  gboolean half = FALSE;
+  const GOptionEntry entries[] = {
+    { "out", 'o', 0, G_OPTION_ARG_FILENAME, &out, "Teacher bundle to write (*.ead.safetensors)",
+      "BUNDLE" },
+    EAD_TEACHER_HALF_ENTRY (half),
+    G_OPTION_ENTRY_NULL
+  };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (EadModel) model = NULL;
+  g_autoptr (EadModel) packed = NULL;
+  int exit_code;
+
+  if (!ead_cli_parse ("teacher pack", "BUNDLE",
+                      "Rewrite a teacher (or the teacher of a trained model) as a compact\n"
+                      "teacher bundle: the teacher's layers only, fp16 with --half.  The\n"
+                      "provenance metadata is kept.  BUNDLE may also be the checkpoint of a\n"
+                      "running 'ead teacher pretrain' (OUT.checkpoint), to try its teacher\n"
+                      "before the run ends.",
+                      entries, &argc, &argv, &exit_code))
+    return exit_code;
+  if (argc != 2 || out == NULL)
+    {
+      ead_cli_error ("teacher pack", "expected BUNDLE and --out BUNDLE (see 'ead teacher pack "
+                                     "--help')");
+      return EAD_EXIT_USAGE;
+    }
+  model = is_pretrain_checkpoint (argv[1]) ? ead_pretrain_checkpoint_teacher (argv[1], &error)
+                                            : ead_bundle_read (argv[1], &error);
+  if (model == NULL || !ead_bundle_write_teacher (model, out, half, &error)
+      || !(packed = ead_bundle_read (out, &error)))
+    {
+      ead_cli_error ("teacher pack", "%s", error->message);
+      return EAD_EXIT_FAILURE;
+    }
+  printf ("wrote %s (%s teacher, %s, sha256 %s)\n", out, ead_arch_name (model->arch),
+          half ? "fp16" : "fp32",
+          (const char *) g_hash_table_lookup (packed->metadata, "ead.teacher.sha256"));
+  return EAD_EXIT_OK;
+}
+
 int
 ead_cmd_teacher (int argc, char **argv)
 {
@@ -422,16 +487,20 @@ ead_cmd_teacher (int argc, char **argv)
     return teacher_import (argc - 1, argv + 1);
   if (argc >= 2 && g_str_equal (argv[1], "pretrain"))
     return teacher_pretrain (argc - 1, argv + 1);
+  if (argc >= 2 && g_str_equal (argv[1], "pack"))
+    return teacher_pack (argc - 1, argv + 1);
   if (argc >= 2 && (g_str_equal (argv[1], "--help") || g_str_equal (argv[1], "-h")))
     {
-      printf ("Usage: ead teacher import FILE.pth --model s|m --out BUNDLE [--json]\n"
+      printf ("Usage: ead teacher import FILE.pth --model s|m [--half] --out BUNDLE [--json]\n"
               "       ead teacher pretrain --backbone FILE.pth [--layers layer2,layer3] "
               "--images DIR\n"
               "                            [--model s|m] [--steps N] [--batch 16] "
               "[--stats-images N] [--seed S]\n"
               "                            [--threads T] [--precision fp32|bf16|auto] "
               "[--checkpoint-every N]\n"
-              "                            [--resume] [--json] --out BUNDLE\n");
+              "                            [--learning-rate LR] [--resume] [--json] [--half] "
+              "--out BUNDLE\n"
+              "       ead teacher pack BUNDLE [--half] --out BUNDLE\n");
       return EAD_EXIT_OK;
     }
   if (argc >= 2 && g_str_equal (argv[1], "--version"))
@@ -439,6 +508,6 @@ ead_cmd_teacher (int argc, char **argv)
       printf ("ead %s\n", PACKAGE_VERSION);
       return EAD_EXIT_OK;
     }
-  ead_cli_error ("teacher", "expected a subcommand: import or pretrain (see 'ead teacher --help')");
+  ead_cli_error ("teacher", "expected a subcommand: import, pretrain or pack (see 'ead teacher --help')");
   return EAD_EXIT_USAGE;
 }

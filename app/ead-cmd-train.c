@@ -149,9 +149,17 @@ load_teacher (const char *teacher_path, EadArch arch, int height, int width, GEr
           g_autofree char *path = dirs[i] ? g_build_filename (dirs[i], name, NULL) : NULL;
           if (path != NULL && g_file_test (path, G_FILE_TEST_EXISTS))
             {
+              const char *source;
+
               teacher = ead_bundle_read (path, error);
               if (teacher == NULL)
                 return NULL;
+              source = g_hash_table_lookup (teacher->metadata, "ead.teacher.source");
+              g_hash_table_insert (teacher->metadata, g_strdup ("ead.teacher.source"),
+                                   g_strdup_printf ("default teacher %s: %s", path,
+                                                    source ? source : "unknown origin"));
+              fprintf (stderr, "ead train: teacher %s (the default; --teacher picks another)\n",
+                       path);
             }
         }
       if (teacher == NULL)

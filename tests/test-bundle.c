@@ -13,6 +13,7 @@
 #include <json-glib/json-glib.h>
 
 #include "ead-bundle.h"
+#include "ead-detector.h"
 #include "ead-error.h"
 
 #define PYTHON "/usr/bin/python3"
@@ -428,6 +429,107 @@ test_half_precision (void)
       g_assert_cmpfloat (read->teacher_std[c], ==, ldexpf (1.5f, c % 8 - 4));
     }
   assert_nets_equal (model->teacher, read->teacher);
+  remove_tree (dir);
+}
+
+/* Teacher bundles: the teacher's layers only, F16 with half (each weight the nearest
+ * half, the digest that of the stored teacher); the reader gives a teacher-only model that
+ * a detector refuses and that a full bundle does not keep claiming to be. */
+static void
+test_teacher_only (void)
+{
+  static const float probes[] = { 1.0f, 0.1f, -3.14159265f, 1e-6f, 6.1033e-5f, 65504.0f };
+  g_autofree char *dir = make_test_dir ();
+  g_autofree char *f32_path = g_build_filename (dir, "t32.ead.safetensors", NULL);
+  g_autofree char *f16_path = g_build_filename (dir, "t16.ead.safetensors", NULL);
+  g_autofree char *full_path = g_build_filename (dir, "full.ead.safetensors", NULL);
+  g_autoptr(EadModel) model = make_model (EAD_ARCH_SMALL, 5);
+  g_autoptr(EadModel) t32 = NULL;
+  g_autoptr(EadModel) t16 = NULL;
+  g_autoptr(EadModel) full = NULL;
+  g_autoptr(EadBundleInfo) info32 = NULL;
+  g_autoptr(EadBundleInfo) info16 = NULL;
+  g_autoptr(EadDetector) detector = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autofree char *digest = NULL;
+  const EadNet *teacher = model->teacher;
+  size_t n0 = ead_layer_weight_count (&teacher->layers[0]);
+
+  /* exact values across the fp16 range in the first layer */
+  memcpy (teacher->weight[0], probes, sizeof probes);
+  g_assert_true (ead_bundle_write_teacher (model, f32_path, FALSE, &error));
+  g_assert_no_error (error);
+  g_assert_true (ead_bundle_write_teacher (model, f16_path, TRUE, &error));
+  g_assert_no_error (error);
+
+  info32 = ead_bundle_read_info (f32_path, &error);
+  g_assert_no_error (error);
+  info16 = ead_bundle_read_info (f16_path, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (info32->n_elements, ==, ead_net_parameter_count (teacher));
+  g_assert_cmpuint (info16->n_elements, ==, info32->n_elements);
+  g_assert_cmpstr (info32->dtypes, ==, "F32");
+  g_assert_cmpstr (info16->dtypes, ==, "F16");
+  g_assert_cmpuint (info16->file_size, <, info32->file_size / 2 + 16384);
+  g_assert_cmpstr (g_hash_table_lookup (info16->metadata, EAD_MODEL_KEY_CONTENT), ==,
+                   EAD_MODEL_CONTENT_TEACHER);
+
+  t32 = ead_bundle_read (f32_path, &error);
+  g_assert_no_error (error);
+  t16 = ead_bundle_read (f16_path, &error);
+  g_assert_no_error (error);
+  g_assert_true (ead_model_is_teacher_only (t32));
+  g_assert_true (ead_model_is_teacher_only (t16));
+  g_assert_false (ead_model_is_teacher_only (model));
+  assert_nets_equal (teacher, t32->teacher);
+  g_assert_cmpfloat (ead_net_parameter_count (t32->student), >, 0);
+  for (int i = 0; i < t32->student->n_layers; i++)
+    if (t32->student->layers[i].kind == EAD_LAYER_CONV)
+      g_assert_cmpfloat (t32->student->weight[i][0], ==, 0.0f);
+  /* the nearest halves: 0.1 -> 0.0999755859375, 1e-6 -> 17 * 2^-24 (subnormal), 6.1033e-5 ->
+   * 2^-14 */
+  g_assert_cmpfloat (t16->teacher->weight[0][0], ==, 1.0f);
+  g_assert_cmpfloat (t16->teacher->weight[0][1], ==, 0.0999755859375f);
+  g_assert_cmpfloat (t16->teacher->weight[0][2], ==, -3.140625f);
+  g_assert_cmpfloat (t16->teacher->weight[0][3], ==, 17.0f * 0x1p-24f);
+  g_assert_cmpfloat (t16->teacher->weight[0][4], ==, 0x1p-14f);
+  g_assert_cmpfloat (t16->teacher->weight[0][5], ==, 65504.0f);
+  for (size_t k = 0; k < n0; k++)
+    g_assert_cmpfloat (fabsf (t16->teacher->weight[0][k] - teacher->weight[0][k]), <=,
+                       fabsf (teacher->weight[0][k]) * 0x1p-11f + 0x1p-25f);
+  digest = ead_net_digest (t16->teacher);
+  g_assert_cmpstr (g_hash_table_lookup (t16->metadata, "ead.teacher.sha256"), ==, digest);
+  g_assert_cmpstr (g_hash_table_lookup (t16->metadata, "ead.teacher.source"), ==,
+                   "teacher_small.pth (Größe \"S\")");
+
+  /* a teacher is no detector */
+  detector = ead_detector_new (t16, NULL, &error);
+  g_assert_null (detector);
+  g_assert_error (error, EAD_ERROR, EAD_ERROR_INVALID);
+  g_assert_nonnull (strstr (error->message, "ead train --teacher"));
+  g_clear_error (&error);
+
+  /* written whole again (as training does), it is a full model */
+  memcpy (t32->teacher_std, model->teacher_std, sizeof model->teacher_std);
+  g_assert_true (ead_bundle_write (t32, full_path, &error));
+  g_assert_no_error (error);
+  full = ead_bundle_read (full_path, &error);
+  g_assert_no_error (error);
+  g_assert_false (ead_model_is_teacher_only (full));
+
+  /* fp16 cannot hold 70000; nothing is written */
+  g_assert_cmpint (teacher->layers[3].kind, ==, EAD_LAYER_CONV);
+  teacher->weight[3][7] = 70000.0f;
+  g_assert_false (ead_bundle_write_teacher (model, full_path, TRUE, &error));
+  g_assert_error (error, EAD_ERROR, EAD_ERROR_INVALID);
+  g_assert_nonnull (strstr (error->message, "teacher.3.weight[7]"));
+  g_assert_nonnull (strstr (error->message, "fp16 cannot hold"));
+  g_clear_error (&error);
+  g_assert_false (ead_model_is_teacher_only (full));
+  g_clear_pointer (&full, ead_model_free);
+  full = ead_bundle_read (full_path, &error);
+  g_assert_no_error (error);
+  g_assert_false (ead_model_is_teacher_only (full));
   remove_tree (dir);
 }
 
@@ -884,5 +986,6 @@ main (int argc, char **argv)
   g_test_add_func ("/bundle/read/bad-headers", test_read_bad_headers);
   g_test_add_func ("/bundle/read/bad-contents", test_read_bad_contents);
   g_test_add_func ("/bundle/python", test_python_reads_bundle);
+  g_test_add_func ("/bundle/teacher-only", test_teacher_only);
   return g_test_run ();
 }

@@ -86,6 +86,7 @@ if wait_step "$B.checkpoint" 1; then
   wait "$pid"
   code=$?
   step=$(checkpoint_step "$B.checkpoint")
+  cp "$B.checkpoint" "$TMP/interrupted.checkpoint"
   if [ "$code" -eq 130 ] && grep -q "continue with --resume" "$TMP/b1.err" && glib_clean "$TMP/b1.err" \
     && [ -n "$step" ] && [ "$step" -lt 4 ] && [ ! -e "$B" ]; then
     ok "SIGINT exits 130, leaves the checkpoint of step $step and says how to continue"
@@ -125,6 +126,34 @@ else
   show "$TMP/err"
 fi
 
+# teacher bundles: the teacher only, fp16 with --half; a checkpoint's teacher can be tried
+check "ead teacher pack --half" "$EAD" teacher pack "$A" --half --out "$TMP/a16.ead.safetensors"
+size_a=$(wc -c <"$A")
+size_16=$(wc -c <"$TMP/a16.ead.safetensors")
+if [ "$size_a" -lt 12000000 ] && [ $((size_16 * 2)) -lt $((size_a + 65536)) ] \
+  && grep -q "fp16, sha256 [0-9a-f]\{64\}" "$TMP/out"; then
+  ok "a teacher bundle holds the teacher only ($size_a bytes), half as much in fp16 ($size_16)"
+else
+  not_ok "a teacher bundle holds the teacher only ($size_a bytes), half as much in fp16 ($size_16)"
+fi
+check "ead info of a teacher" "$EAD" info "$TMP/a16.ead.safetensors"
+grep -q "^  content      a teacher only" "$TMP/out" && grep -q "^  teacher      ead teacher pretrain: backbone.pth" "$TMP/out" \
+  && ok "ead info says it is a teacher, and which" || { not_ok "ead info says it is a teacher, and which"; show "$TMP/out"; }
+refuses "a teacher is not a model for ead infer" "train a model with it first (ead train --teacher)" \
+  "$EAD" infer --model "$TMP/a16.ead.safetensors" "$IMAGES"
+if [ -f "$TMP/interrupted.checkpoint" ]; then
+  check "ead teacher pack of a running distillation's checkpoint" \
+    "$EAD" teacher pack "$TMP/interrupted.checkpoint" --out "$TMP/ckpt.ead.safetensors"
+  "$EAD" info "$TMP/ckpt.ead.safetensors" >"$TMP/out" 2>&1
+  grep -q "^  teacher      ead teacher pretrain checkpoint at step $step (pretrain efficientad-s " "$TMP/out" \
+    && ok "the checkpoint's teacher names its step" || { not_ok "the checkpoint's teacher names its step"; show "$TMP/out"; }
+  check "ead train --teacher takes the checkpoint's teacher" \
+    "$EAD" train --data "$IMAGES" --teacher "$TMP/ckpt.ead.safetensors" --steps 1 --checkpoint-every 0 \
+    --threads 2 --out "$TMP/model2.ead.safetensors"
+fi
+refuses "pack of something else" "not a safetensors file" \
+  "$EAD" teacher pack "$BACKBONE" --out "$TMP/x.ead.safetensors"
+
 mkdir "$TMP/empty"
 set -- --steps 1 --batch 1 --stats-images 1 --threads 2 --out "$TMP/e.ead.safetensors"
 refuses "a missing backbone" "resnet101.pth" \
@@ -135,6 +164,8 @@ refuses "an empty image folder" "no images" \
   "$EAD" teacher pretrain --backbone "$BACKBONE" --images "$TMP/empty" "$@"
 refuses "an unknown layer" "'layer7' in 'layer2,layer7' is not a backbone level" \
   "$EAD" teacher pretrain --backbone "$BACKBONE" --images "$IMAGES" --layers layer2,layer7 "$@"
+refuses "a learning rate of 0" "--learning-rate between 0 and 1" \
+  "$EAD" teacher pretrain --backbone "$BACKBONE" --images "$IMAGES" --learning-rate 0 "$@"
 refuses "no --out" "expected --backbone FILE.pth, --images DIR and --out BUNDLE" \
   "$EAD" teacher pretrain --backbone "$BACKBONE" --images "$IMAGES"
 [ ! -e "$TMP/e.ead.safetensors" ] && ok "no bundle from a refused run" || not_ok "no bundle from a refused run"

@@ -88,6 +88,13 @@ ead_detector_new (const EadModel *model, const EadDetectorOptions *options, GErr
                    "batch size %d is out of range (1 to 1024)", options->max_batch);
       return NULL;
     }
+  if (ead_model_is_teacher_only (model))
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
+                   "this is a teacher without a student or autoencoder; train a model with it "
+                   "first (ead train --teacher)");
+      return NULL;
+    }
   if (!ead_model_validate (model, "model", error))
     return NULL;
   if (!ead_net_shapes (model->teacher, in, NULL, &t_shape, error)

@@ -104,3 +104,13 @@ ead_model_validate (const EadModel *model, const char *name, GError **error)
     }
   return TRUE;
 }
+
+gboolean
+ead_model_is_teacher_only (const EadModel *model)
+{
+  g_return_val_if_fail (model != NULL, FALSE);
+
+  return model->metadata != NULL
+         && g_strcmp0 (g_hash_table_lookup (model->metadata, EAD_MODEL_KEY_CONTENT),
+                       EAD_MODEL_CONTENT_TEACHER) == 0;
+}

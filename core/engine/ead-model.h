@@ -44,6 +44,12 @@ const char *ead_arch_name (EadArch arch);  /* "efficientad-s", "efficientad-m" *
 /* Accepts s, m, small, medium, efficientad-s, efficientad-m. */
 gboolean ead_arch_parse (const char *text, EadArch *arch, GError **error);
 
+/* A teacher only (ead teacher import/pretrain; ead-bundle.h): metadata[EAD_MODEL_KEY_CONTENT]
+ * is EAD_MODEL_CONTENT_TEACHER, the student and autoencoder are not trained. */
+#define EAD_MODEL_KEY_CONTENT "ead.bundle.content"
+#define EAD_MODEL_CONTENT_TEACHER "teacher"
+gboolean ead_model_is_teacher_only (const EadModel *model);
+
 /* Checks what inference divides by: every teacher std > 0 and finite, q_b > q_a. */
 gboolean ead_model_validate (const EadModel *model, const char *name_for_errors, GError **error);
 

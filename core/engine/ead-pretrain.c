@@ -933,6 +933,20 @@ read_checkpoint (EadPretrainer *pretrainer, GError **error)
 
 /* ---- the result ---- */
 
+/* The PDN's weights into the teacher: the same layers without padding, and the weights do
+ * not depend on it. */
+static void
+copy_pdn (const EadNet *pdn, EadNet *teacher)
+{
+  for (int i = 0; i < teacher->n_layers; i++)
+    if (teacher->layers[i].kind == EAD_LAYER_CONV)
+      {
+        memcpy (teacher->weight[i], pdn->weight[i],
+                ead_layer_weight_count (&teacher->layers[i]) * sizeof (float));
+        memcpy (teacher->bias[i], pdn->bias[i], teacher->layers[i].out_channels * sizeof (float));
+      }
+}
+
 static EadModel *
 teacher_model (EadPretrainer *pretrainer)
 {
@@ -943,15 +957,7 @@ teacher_model (EadPretrainer *pretrainer)
   int tail = MIN (o->steps, LOSS_TAIL);
   double loss = 0.0;
 
-  /* the same layers without padding: the weights do not depend on it */
-  for (int i = 0; i < teacher->n_layers; i++)
-    if (teacher->layers[i].kind == EAD_LAYER_CONV)
-      {
-        memcpy (teacher->weight[i], pretrainer->pdn->weight[i],
-                ead_layer_weight_count (&teacher->layers[i]) * sizeof (float));
-        memcpy (teacher->bias[i], pretrainer->pdn->bias[i],
-                teacher->layers[i].out_channels * sizeof (float));
-      }
+  copy_pdn (pretrainer->pdn, teacher);
   /* the input ead train defaults to with this teacher; the distillation's is in ead.pretrain.input */
   model->input_height = MAX (o->input_height, EAD_MIN_INPUT_SIZE);
   model->input_width = MAX (o->input_width, EAD_MIN_INPUT_SIZE);
@@ -962,8 +968,8 @@ teacher_model (EadPretrainer *pretrainer)
   SET ("ead.teacher.source", "ead teacher pretrain: %s (%s), %d steps", pretrainer->backbone_name,
        pretrainer->levels_text, o->steps);
   SET ("ead.teacher.format", "ead-pretrain");
-  SET ("ead.weights", "distilled teacher only; the student and autoencoder are zero until "
-                      "trained (ead train --teacher)");
+  SET ("ead.weights", "a distilled teacher only; train a model with it "
+                      "(ead train --teacher)");
   SET ("ead.pretrain.backbone", "%s", pretrainer->backbone_name);
   SET ("ead.pretrain.backbone.sha256", "%s", pretrainer->backbone_sha256);
   SET ("ead.pretrain.backbone.arch", "%s", pretrainer->backbone_arch);
@@ -1092,4 +1098,63 @@ ead_pretrainer_get_state (EadPretrainer *pretrainer,
   *grad = pretrainer->grad;
   *target_mean = pretrainer->target_mean;
   *target_std = pretrainer->target_std;
+}
+
+EadModel *
+ead_pretrain_checkpoint_teacher (const char *path, GError **error)
+{
+  g_autoptr (EadSafetensors) file = ead_safetensors_open (path, error);
+  g_autoptr (EadModel) model = NULL;
+  g_autoptr (EadNet) pdn = NULL;
+  g_autofree float *history = NULL;
+  g_auto (GStrv) words = NULL;
+  const char *run, *step_text;
+  gint64 history_shape[1];
+  guint64 step = 0;
+  double loss = 0.0;
+  EadArch arch;
+  int tail;
+
+  if (file == NULL)
+    return NULL;
+  run = ead_safetensors_lookup_metadata (file, "ead.checkpoint.run");
+  step_text = ead_safetensors_lookup_metadata (file, "ead.checkpoint.step");
+  if (run == NULL || !g_str_has_prefix (run, "pretrain ") || step_text == NULL
+      || !g_ascii_string_to_unsigned (step_text, 10, 1, G_MAXINT, &step, NULL))
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                   "%s: not a checkpoint of ead teacher pretrain", path);
+      return NULL;
+    }
+  words = g_strsplit (run, " ", 3);
+  if (g_strv_length (words) < 3 || !ead_arch_parse (words[1], &arch, NULL))
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
+                   "%s: the checkpoint names no teacher size ('%s')", path, run);
+      return NULL;
+    }
+  pdn = ead_net_new (pdn_kind (arch), EAD_TEACHER_CHANNELS, TRUE);
+  history_shape[0] = (gint64) step;
+  history = g_new (float, step);
+  if (!ead_checkpoint_read_net (file, "pdn", pdn, error)
+      || !ead_safetensors_read (file, "history", 1, history_shape, history, error))
+    return NULL;
+  model = ead_model_new (arch);
+  copy_pdn (pdn, model->teacher);
+  tail = MIN ((int) step, LOSS_TAIL);
+  for (int s = (int) step - tail; s < (int) step; s++)
+    loss += history[s] / tail;
+#define SET(key, ...) g_hash_table_insert (model->metadata, g_strdup (key), g_strdup_printf (__VA_ARGS__))
+  SET ("ead.teacher.source", "ead teacher pretrain checkpoint at step %" G_GUINT64_FORMAT
+       " (%s)", step, run);
+  SET ("ead.teacher.format", "ead-pretrain");
+  SET ("ead.weights", "a distilled teacher only; train a model with it (ead train --teacher)");
+  SET ("ead.pretrain.run", "%s", run);
+  SET ("ead.pretrain.checkpoint.step", "%" G_GUINT64_FORMAT, step);
+  SET ("ead.pretrain.loss.final", "%.6g", loss);
+  SET ("ead.pretrain.loss.last", "%.6g", history[step - 1]);
+#undef SET
+  g_hash_table_insert (model->metadata, g_strdup ("ead.teacher.sha256"),
+                       ead_net_digest (model->teacher));
+  return g_steal_pointer (&model);
 }

@@ -158,6 +158,13 @@ EadModel *ead_pretrainer_run (EadPretrainer *pretrainer,
                               const gint *cancel,
                               GError **error);
 
+/* The teacher of a distillation checkpoint (the .checkpoint file next to a running or
+ * interrupted run's output), to try it before the run ends: the model as
+ * ead_pretrainer_run returns it, with ead.teacher.source naming the step and the run,
+ * ead.pretrain.run (the run's identity), ead.pretrain.checkpoint.step and the loss
+ * entries.  EAD_ERROR_FORMAT when path is not such a checkpoint. */
+EadModel *ead_pretrain_checkpoint_teacher (const char *path, GError **error);
+
 EadPrecision ead_pretrainer_get_precision (EadPretrainer *pretrainer);  /* never AUTO */
 EadBackend *ead_pretrainer_get_backend (EadPretrainer *pretrainer);
 guint ead_pretrainer_get_image_count (EadPretrainer *pretrainer);

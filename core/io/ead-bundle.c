@@ -11,6 +11,7 @@
 #include "ead-safetensors.h"
 
 #define FORMAT_VERSION "1"
+#define EAD_HALF_MAX 65504.0f
 
 #define KEY_FORMAT_VERSION "ead.format_version"
 #define KEY_ARCH "ead.arch"
@@ -69,15 +70,17 @@ add_net_slots (GArray *slots, const char *prefix, EadNet *net)
 }
 
 /* Every tensor of the model in file order: the networks by layer index, then the
- * teacher statistics. */
+ * teacher statistics; of a teacher bundle, the teacher's layers only. */
 static GArray *
-model_slots (EadModel *model)
+model_slots (EadModel *model, gboolean teacher_only)
 {
   static const gint64 channels_shape[1] = { EAD_TEACHER_CHANNELS };
   GArray *slots = g_array_new (FALSE, TRUE, sizeof (Slot));
 
   g_array_set_clear_func (slots, (GDestroyNotify) slot_clear);
   add_net_slots (slots, "teacher", model->teacher);
+  if (teacher_only)
+    return slots;
   add_net_slots (slots, "student", model->student);
   add_net_slots (slots, "autoencoder", model->autoencoder);
   add_slot (slots, g_strdup ("teacher_mean"), model->teacher_mean, 1, channels_shape);
@@ -86,10 +89,10 @@ model_slots (EadModel *model)
 }
 
 static gboolean
-read_tensors (EadSafetensors *file, EadModel *model, GError **error)
+read_tensors (EadSafetensors *file, EadModel *model, gboolean teacher_only, GError **error)
 {
   const char *path = ead_safetensors_get_path (file);
-  g_autoptr(GArray) slots = model_slots (model);
+  g_autoptr(GArray) slots = model_slots (model, teacher_only);
   g_autoptr(GHashTable) expected = g_hash_table_new (g_str_hash, g_str_equal);
   g_auto(GStrv) names = NULL;
 
@@ -101,8 +104,8 @@ read_tensors (EadSafetensors *file, EadModel *model, GError **error)
       if (!ead_safetensors_has (file, slot->name))
         {
           g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
-                       "%s: tensor %s is missing (an %s bundle needs it)", path, slot->name,
-                       ead_arch_name (model->arch));
+                       "%s: tensor %s is missing (an %s %s needs it)", path, slot->name,
+                       ead_arch_name (model->arch), teacher_only ? "teacher bundle" : "bundle");
           return FALSE;
         }
       if (!ead_safetensors_read (file, slot->name, slot->n_dims, slot->shape, slot->data, error))
@@ -113,8 +116,8 @@ read_tensors (EadSafetensors *file, EadModel *model, GError **error)
     if (!g_hash_table_contains (expected, names[i]))
       {
         g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
-                     "%s: unexpected tensor %s (not part of an %s model)", path, names[i],
-                     ead_arch_name (model->arch));
+                     "%s: unexpected tensor %s (not part of an %s %s)", path, names[i],
+                     ead_arch_name (model->arch), teacher_only ? "teacher bundle" : "model");
         return FALSE;
       }
   return TRUE;
@@ -232,6 +235,7 @@ ead_bundle_read (const char *path, GError **error)
 {
   g_autoptr(EadSafetensors) file = NULL;
   g_autoptr(EadModel) model = NULL;
+  const char *content;
   EadArch arch;
 
   g_return_val_if_fail (path != NULL, NULL);
@@ -247,6 +251,14 @@ ead_bundle_read (const char *path, GError **error)
     }
   if (!read_arch (file, &arch, error))
     return NULL;
+  content = ead_safetensors_lookup_metadata (file, EAD_MODEL_KEY_CONTENT);
+  if (content != NULL && !g_str_equal (content, EAD_MODEL_CONTENT_TEACHER))
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_UNSUPPORTED,
+                   "%s: %s is '%s'; this version reads only '%s' there", path,
+                   EAD_MODEL_KEY_CONTENT, content, EAD_MODEL_CONTENT_TEACHER);
+      return NULL;
+    }
   model = ead_model_new (arch);
   if (!read_input_size (file, KEY_INPUT_HEIGHT, &model->input_height, error)
       || !read_input_size (file, KEY_INPUT_WIDTH, &model->input_width, error)
@@ -254,7 +266,7 @@ ead_bundle_read (const char *path, GError **error)
       || !read_quantile (file, KEY_Q_ST_B, &model->q_st_b, error)
       || !read_quantile (file, KEY_Q_AE_A, &model->q_ae_a, error)
       || !read_quantile (file, KEY_Q_AE_B, &model->q_ae_b, error)
-      || !read_tensors (file, model, error))
+      || !read_tensors (file, model, content != NULL, error))
     return NULL;
   keep_extra_metadata (ead_safetensors_get_metadata (file), model->metadata);
   if (!ead_model_validate (model, path, error))
@@ -340,7 +352,8 @@ set_bundle_metadata (EadSafetensorsWriter *writer, const EadModel *model)
 
   g_hash_table_iter_init (&iter, model->metadata);
   while (g_hash_table_iter_next (&iter, &key, &value))
-    ead_safetensors_writer_set_metadata (writer, key, value);
+    if (!g_str_equal (key, EAD_MODEL_KEY_CONTENT))  /* what the file holds: the writer's say */
+      ead_safetensors_writer_set_metadata (writer, key, value);
   ead_safetensors_writer_set_metadata (writer, KEY_FORMAT_VERSION, FORMAT_VERSION);
   ead_safetensors_writer_set_metadata (writer, KEY_ARCH, ead_arch_name (model->arch));
   g_snprintf (number, sizeof number, "%d", model->input_height);
@@ -371,11 +384,85 @@ ead_bundle_write (const EadModel *model, const char *path, GError **error)
   writer = ead_safetensors_writer_new ();
   set_bundle_metadata (writer, model);
   /* model_slots wants a mutable model only because the reader fills the same slots */
-  slots = model_slots ((EadModel *) model);
+  slots = model_slots ((EadModel *) model, FALSE);
   for (guint i = 0; i < slots->len; i++)
     {
       const Slot *slot = &g_array_index (slots, Slot, i);
       ead_safetensors_writer_add (writer, slot->name, slot->n_dims, slot->shape, slot->data);
+    }
+  return ead_safetensors_writer_write (writer, path, error);
+}
+
+/* The teacher as fp16 will hold it: every weight rounded to the nearest half. */
+static EadNet *
+round_to_half (const EadNet *net)
+{
+  EadNet *rounded = ead_net_copy (net);
+
+  for (int i = 0; i < rounded->n_layers; i++)
+    if (rounded->layers[i].kind == EAD_LAYER_CONV)
+      {
+        size_t n = ead_layer_weight_count (&rounded->layers[i]);
+
+        for (size_t k = 0; k < n; k++)
+          rounded->weight[i][k] = (float) (_Float16) rounded->weight[i][k];
+        for (int k = 0; k < rounded->layers[i].out_channels; k++)
+          rounded->bias[i][k] = (float) (_Float16) rounded->bias[i][k];
+      }
+  return rounded;
+}
+
+gboolean
+ead_bundle_write_teacher (const EadModel *model, const char *path, gboolean half,
+                          GError **error)
+{
+  g_autoptr(EadSafetensorsWriter) writer = NULL;
+  g_autoptr(GArray) slots = NULL;
+  g_autoptr(EadNet) rounded = NULL;
+  g_autofree char *digest = NULL;
+  EadModel stored;
+
+  g_return_val_if_fail (model != NULL, FALSE);
+  g_return_val_if_fail (path != NULL, FALSE);
+
+  /* a weight that fp16 cannot hold, or no number at all, is refused, not stored as inf */
+  slots = model_slots ((EadModel *) model, TRUE);
+  for (guint i = 0; i < slots->len; i++)
+    {
+      const Slot *slot = &g_array_index (slots, Slot, i);
+      guint64 count = 1;
+
+      for (int d = 0; d < slot->n_dims; d++)
+        count *= (guint64) slot->shape[d];
+      for (guint64 k = 0; k < count; k++)
+        if (!isfinite (slot->data[k]) || (half && fabsf (slot->data[k]) > EAD_HALF_MAX))
+          {
+            g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
+                         "%s: %s[%" G_GUINT64_FORMAT "] is %g, which %s (not written)", path,
+                         slot->name, k, slot->data[k],
+                         isfinite (slot->data[k]) ? "fp16 cannot hold" : "is not a number");
+            return FALSE;
+          }
+    }
+  stored = *model;
+  if (half)
+    stored.teacher = rounded = round_to_half (model->teacher);
+  digest = ead_net_digest (stored.teacher);
+  writer = ead_safetensors_writer_new ();
+  set_bundle_metadata (writer, model);
+  ead_safetensors_writer_set_metadata (writer, EAD_MODEL_KEY_CONTENT, EAD_MODEL_CONTENT_TEACHER);
+  ead_safetensors_writer_set_metadata (writer, "ead.teacher.sha256", digest);
+  g_array_unref (g_steal_pointer (&slots));
+  slots = model_slots (&stored, TRUE);
+  for (guint i = 0; i < slots->len; i++)
+    {
+      const Slot *slot = &g_array_index (slots, Slot, i);
+
+      if (half)
+        ead_safetensors_writer_add_half (writer, slot->name, slot->n_dims, slot->shape,
+                                         slot->data);
+      else
+        ead_safetensors_writer_add (writer, slot->name, slot->n_dims, slot->shape, slot->data);
     }
   return ead_safetensors_writer_write (writer, path, error);
 }

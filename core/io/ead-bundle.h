@@ -40,6 +40,17 @@ EadModel *ead_bundle_read (const char *path, GError **error);
  * it could not be read back; EAD_ERROR_IO for everything the file system refuses. */
 gboolean ead_bundle_write (const EadModel *model, const char *path, GError **error);
 
+/* Teacher bundles: what `ead teacher import`/`pretrain` make and `ead train --teacher`
+ * takes.  They hold the teacher's layers only (no student, autoencoder or teacher
+ * statistics; those come from training) and say so with ead.bundle.content = "teacher";
+ * ead_bundle_read gives a model whose student and autoencoder are zero and whose metadata
+ * keeps that key (ead_model_is_teacher_only).  With half, the weights are stored as F16
+ * (half the size; a weight that fp16 cannot hold is refused, EAD_ERROR_INVALID).  Written
+ * atomically as ead_bundle_write; the model's quantiles and input size are recorded as
+ * they are, ead.teacher.sha256 is the digest of the teacher as stored (after rounding). */
+gboolean ead_bundle_write_teacher (const EadModel *model, const char *path, gboolean half,
+                                   GError **error);
+
 /* What `ead info` shows, from the header alone (the tensors are not read or checked
  * against an architecture, only their offsets against the file). */
 typedef struct {

@@ -72,6 +72,7 @@ typedef struct {
   gint64 *shape;
   guint64 n_elements;
   const float *data;
+  gboolean half;  /* written as F16 */
 } Pending;
 
 struct _EadSafetensorsWriter {
@@ -117,6 +118,17 @@ float_bits (float value)
   guint32 bits;
 
   memcpy (&bits, &value, sizeof bits);
+  return bits;
+}
+
+/* IEEE binary16, rounded to nearest even; beyond ±65504 it is ±inf. */
+static guint16
+half_bits (float value)
+{
+  _Float16 half = (_Float16) value;
+  guint16 bits;
+
+  memcpy (&bits, &half, sizeof bits);
   return bits;
 }
 
@@ -783,6 +795,19 @@ ead_safetensors_writer_add (EadSafetensorsWriter *writer, const char *name, int 
 }
 
 void
+ead_safetensors_writer_add_half (EadSafetensorsWriter *writer, const char *name, int n_dims,
+                                 const gint64 *shape, const float *data)
+{
+  guint len;
+
+  g_return_if_fail (writer != NULL);
+  len = writer->tensors->len;
+  ead_safetensors_writer_add (writer, name, n_dims, shape, data);
+  if (writer->tensors->len == len + 1)
+    g_array_index (writer->tensors, Pending, len).half = TRUE;
+}
+
+void
 ead_safetensors_writer_set_metadata (EadSafetensorsWriter *writer, const char *key,
                                      const char *value)
 {
@@ -864,12 +889,13 @@ build_header (const EadSafetensorsWriter *writer)
       gint64 offsets[2];
 
       offsets[0] = offset;
-      offsets[1] = offset + (gint64) tensor->n_elements * (gint64) sizeof (float);
+      offsets[1] = offset + (gint64) tensor->n_elements
+                              * (gint64) dtypes[tensor->half ? DTYPE_F16 : DTYPE_F32].size;
       offset = offsets[1];
       json_builder_set_member_name (builder, tensor->name);
       json_builder_begin_object (builder);
       json_builder_set_member_name (builder, "dtype");
-      json_builder_add_string_value (builder, dtypes[DTYPE_F32].name);
+      json_builder_add_string_value (builder, dtypes[tensor->half ? DTYPE_F16 : DTYPE_F32].name);
       json_builder_set_member_name (builder, "shape");
       build_int_array (builder, tensor->shape, tensor->n_dims);
       json_builder_set_member_name (builder, "data_offsets");
@@ -941,9 +967,20 @@ write_contents (int fd, const char *path, const GString *header,
         {
           gsize n = (gsize) MIN (WRITE_CHUNK_FLOATS, tensor->n_elements - start);
 
-          for (gsize i = 0; i < n; i++)
-            chunk[i] = GUINT32_TO_LE (float_bits (tensor->data[start + i]));
-          err = write_all (fd, chunk, n * sizeof *chunk);
+          if (tensor->half)
+            {
+              guint16 *halves = (guint16 *) chunk;
+
+              for (gsize i = 0; i < n; i++)
+                halves[i] = GUINT16_TO_LE (half_bits (tensor->data[start + i]));
+              err = write_all (fd, halves, n * sizeof *halves);
+            }
+          else
+            {
+              for (gsize i = 0; i < n; i++)
+                chunk[i] = GUINT32_TO_LE (float_bits (tensor->data[start + i]));
+              err = write_all (fd, chunk, n * sizeof *chunk);
+            }
         }
     }
   if (err != 0)

@@ -8,7 +8,7 @@
  *
  * Model bundles (ead-bundle.h) and training checkpoints are built on this layer; it knows
  * nothing about models.  Tensors are read as F32, F16 or BF16 and converted to float;
- * they are always written as little-endian F32.
+ * they are written as little-endian F32, or F16 where asked (ead_safetensors_writer_add_half).
  */
 #pragma once
 
@@ -79,6 +79,10 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (EadSafetensorsWriter, ead_safetensors_writer_free
  * the order added.  name must be new to the writer and not "__metadata__". */
 void ead_safetensors_writer_add (EadSafetensorsWriter *writer, const char *name, int n_dims,
                                  const gint64 *shape, const float *data);
+/* The same, written as F16 (IEEE half, rounded to nearest even; a value beyond ±65504
+ * becomes ±inf, so the caller checks the range when that matters). */
+void ead_safetensors_writer_add_half (EadSafetensorsWriter *writer, const char *name,
+                                      int n_dims, const gint64 *shape, const float *data);
 /* Sets (or replaces) a "__metadata__" entry; both strings are copied.  Keys are written
  * sorted, so the same tensors and metadata always give the same bytes. */
 void ead_safetensors_writer_set_metadata (EadSafetensorsWriter *writer, const char *key,

@@ -316,7 +316,7 @@ ead_teacher_import (const char *path, EadArch arch, GError **error)
   g_hash_table_insert (model->metadata, g_strdup ("ead.teacher.dtype"),
                        stored_dtypes (checkpoint));
   g_hash_table_insert (model->metadata, g_strdup ("ead.weights"),
-                       g_strdup ("imported teacher only; the student and autoencoder are zero "
-                                 "until trained (ead train --teacher)"));
+                       g_strdup ("an imported teacher only; train a model with it "
+                                 "(ead train --teacher)"));
   return g_steal_pointer (&model);
 }
