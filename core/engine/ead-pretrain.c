@@ -284,37 +284,6 @@ ead_pretrainer_free (EadPretrainer *pretrainer)
   g_free (pretrainer);
 }
 
-static gboolean
-list_images (const char *dir, GPtrArray *paths, GError **error)
-{
-  g_autoptr (GDir) handle = g_dir_open (dir, 0, error);
-  const char *name;
-
-  if (handle == NULL)
-    return FALSE;
-  while ((name = g_dir_read_name (handle)) != NULL)
-    {
-      g_autofree char *path = g_build_filename (dir, name, NULL);
-
-      if (name[0] == '.')
-        continue;
-      if (g_file_test (path, G_FILE_TEST_IS_DIR))
-        {
-          if (!list_images (path, paths, error))
-            return FALSE;
-        }
-      else if (ead_dataset_is_image_name (name))
-        g_ptr_array_add (paths, g_steal_pointer (&path));
-    }
-  return TRUE;
-}
-
-static int
-compare_paths (gconstpointer a, gconstpointer b)
-{
-  return strcmp (*(const char *const *) a, *(const char *const *) b);
-}
-
 /* The images below the folder, sorted, and the SHA-256 of their relative names and
  * sizes: the identity of the image set (reading every photo of a large set would take
  * longer than a checkpoint is worth). */
@@ -324,22 +293,9 @@ find_images (EadPretrainer *pretrainer, const char *dir, GError **error)
   g_autoptr (GChecksum) snapshot = g_checksum_new (G_CHECKSUM_SHA256);
   size_t root_length = strlen (dir);
 
-  if (!g_file_test (dir, G_FILE_TEST_IS_DIR))
-    {
-      g_set_error (error, EAD_ERROR, EAD_ERROR_IO, "%s: %s", dir,
-                   g_file_test (dir, G_FILE_TEST_EXISTS) ? "is not a folder" : "no such folder");
-      return FALSE;
-    }
-  pretrainer->paths = g_ptr_array_new_with_free_func (g_free);
-  if (!list_images (dir, pretrainer->paths, error))
+  pretrainer->paths = ead_dataset_list_images (dir, error);
+  if (pretrainer->paths == NULL)
     return FALSE;
-  if (pretrainer->paths->len == 0)
-    {
-      g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
-                   "%s: no images (PNG, JPEG, BMP or TIFF) found", dir);
-      return FALSE;
-    }
-  g_ptr_array_sort (pretrainer->paths, compare_paths);
   for (guint i = 0; i < pretrainer->paths->len; i++)
     {
       const char *path = pretrainer->paths->pdata[i];

@@ -58,6 +58,31 @@ compare_paths (gconstpointer a, gconstpointer b)
   return strcmp (*(const char *const *) a, *(const char *const *) b);
 }
 
+GPtrArray *
+ead_dataset_list_images (const char *dir, GError **error)
+{
+  g_autoptr (GPtrArray) paths = g_ptr_array_new_with_free_func (g_free);
+
+  g_return_val_if_fail (dir != NULL, NULL);
+
+  if (!g_file_test (dir, G_FILE_TEST_IS_DIR))
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_IO, "%s: %s", dir,
+                   g_file_test (dir, G_FILE_TEST_EXISTS) ? "is not a folder" : "no such folder");
+      return NULL;
+    }
+  if (!list_images (dir, paths, error))
+    return NULL;
+  if (paths->len == 0)
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
+                   "%s: no images (PNG, JPEG, BMP or TIFF) found", dir);
+      return NULL;
+    }
+  g_ptr_array_sort (paths, compare_paths);
+  return g_steal_pointer (&paths);
+}
+
 static void
 sample_clear (gpointer data)
 {
@@ -90,7 +115,7 @@ EadDataset *
 ead_dataset_load (const char *dir, const EadDatasetOptions *options, GError **error)
 {
   g_autoptr (EadDataset) dataset = g_new0 (EadDataset, 1);
-  g_autoptr (GPtrArray) paths = g_ptr_array_new_with_free_func (g_free);
+  g_autoptr (GPtrArray) paths = NULL;
   g_autoptr (GChecksum) snapshot = g_checksum_new (G_CHECKSUM_SHA256);
   g_autofree char *images_dir = NULL;
   g_autofree Loaded *loaded = NULL;
@@ -113,15 +138,9 @@ ead_dataset_load (const char *dir, const EadDatasetOptions *options, GError **er
       return NULL;
     }
   images_dir = ead_dataset_train_dir (dir);
-  if (!list_images (images_dir, paths, error))
+  paths = ead_dataset_list_images (images_dir, error);
+  if (paths == NULL)
     return NULL;
-  g_ptr_array_sort (paths, compare_paths);
-  if (paths->len == 0)
-    {
-      g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
-                   "%s: no images (PNG, JPEG, BMP or TIFF) found", images_dir);
-      return NULL;
-    }
 
   loaded = g_new0 (Loaded, paths->len);
 #pragma omp parallel for schedule(dynamic)

@@ -43,6 +43,11 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (EadDataset, ead_dataset_free)
 /* TRUE for names ending in .png, .jpg, .jpeg, .bmp, .tif or .tiff (any case). */
 gboolean ead_dataset_is_image_name (const char *name);
 
+/* The image files below dir, at any depth (names starting with '.' skipped), sorted by
+ * path (strcmp); free with g_ptr_array_unref.  EAD_ERROR_IO for a missing folder or one
+ * that cannot be read, EAD_ERROR_INVALID when it holds no image; messages name the folder. */
+GPtrArray *ead_dataset_list_images (const char *dir, GError **error);
+
 /* The training images folder of an MVTec AD category (dir/train/good), or dir. */
 char *ead_dataset_train_dir (const char *dir);
 
