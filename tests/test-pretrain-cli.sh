@@ -147,6 +147,14 @@ if [ -f "$TMP/interrupted.checkpoint" ]; then
   "$EAD" info "$TMP/ckpt.ead.safetensors" >"$TMP/out" 2>&1
   grep -q "^  teacher      ead teacher pretrain checkpoint at step $step (pretrain efficientad-s " "$TMP/out" \
     && ok "the checkpoint's teacher names its step" || { not_ok "the checkpoint's teacher names its step"; show "$TMP/out"; }
+  # no schedule depends on --steps: a run of $step steps ends where the checkpoint stood
+  "$EAD" teacher pretrain --backbone "$BACKBONE" --images "$IMAGES" --steps "$step" --batch 1 \
+    --stats-images 1 --checkpoint-every 0 --threads 2 --out "$TMP/short.ead.safetensors" >/dev/null 2>&1
+  short=$("$EAD" info --json "$TMP/short.ead.safetensors" | grep -o '"ead.teacher.sha256" *: *"[0-9a-f]*"' | grep -o '[0-9a-f]\{64\}')
+  packed=$("$EAD" info --json "$TMP/ckpt.ead.safetensors" | grep -o '"ead.teacher.sha256" *: *"[0-9a-f]*"' | grep -o '[0-9a-f]\{64\}')
+  [ -n "$short" ] && [ "$short" = "$packed" ] \
+    && ok "the checkpoint's teacher is the teacher of a $step-step run" \
+    || not_ok "the checkpoint's teacher is the teacher of a $step-step run ($packed vs $short)"
   check "ead train --teacher takes the checkpoint's teacher" \
     "$EAD" train --data "$IMAGES" --teacher "$TMP/ckpt.ead.safetensors" --steps 1 --checkpoint-every 0 \
     --threads 2 --out "$TMP/model2.ead.safetensors"
