@@ -249,6 +249,10 @@ ead_cmd_info (int argc, char **argv)
             ead_net_parameter_count (model->teacher), ead_net_parameter_count (model->student),
             ead_net_parameter_count (model->autoencoder));
   printf ("  teacher      %s\n", teacher_source ? teacher_source : "unknown");
+  if (teacher_source != NULL && (g_str_has_prefix (teacher_source, "default teacher")
+                                 || g_str_has_prefix (teacher_source, "random")))
+    printf ("               (the paper's pretrained teachers are more accurate: "
+            "ead teacher import teacher_small.pth --model s --out T, then ead train --teacher T)\n");
   if (!teacher_only)
     printf ("  quantiles    student-teacher %.6g .. %.6g, autoencoder %.6g .. %.6g\n",
             model->q_st_a, model->q_st_b, model->q_ae_a, model->q_ae_b);
