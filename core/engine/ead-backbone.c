@@ -11,7 +11,10 @@
  * buffers from a small pool; a buffer's size is the largest activation it ever holds.
  * As in the CPU backend, a batch runs image by image through primitives made for one
  * image: at distillation's 512 x 512 one image keeps every core busy, and the workspace
- * stays that of one image (WRN-101-2: tens of MB instead of a GB at batch 16). */
+ * stays that of one image (WRN-101-2: tens of MB instead of a GB at batch 16).
+ * A graph's activations (ReLU6, hard-swish, hard-sigmoid) are eltwise post-ops too; its
+ * squeeze-and-excite steps are a mean (oneDNN reduction over height and width) and a
+ * multiply (oneDNN binary, the channels x 1 x 1 gate broadcast). */
 #include "ead-backbone.h"
 #include "ead-backend-cpu-private.h"
 
@@ -730,13 +733,88 @@ read_graph_weights (EadSafetensors *file, GHashTable *used, const NodeReader *r,
   return TRUE;
 }
 
+/* A conv node's "activation" and "hard_scale". */
+static gboolean
+read_activation (const NodeReader *r, EadBackboneNode *node, GError **error)
+{
+  static const char *const names[] = { "none", "relu", "relu6", "hard_swish",
+                                       "hard_sigmoid" };
+  const char *activation = node_string (r, "activation");
+  JsonNode *scale = json_object_get_member (r->node, "hard_scale");
+  gboolean hard;
+  double value;
+
+  node->activation = EAD_BACKBONE_ACTIVATION_NONE;
+  if (activation == NULL && json_object_has_member (r->node, "activation"))
+    return graph_error (error, r, "'activation' must be a string");
+  for (int i = 0; activation != NULL && i < (int) G_N_ELEMENTS (names); i++)
+    if (g_str_equal (activation, names[i]))
+      {
+        node->activation = (EadBackboneActivation) i;
+        activation = NULL;
+      }
+  if (activation != NULL)
+    return graph_error (error, r, "'activation' is '%s', expected none, relu, relu6, "
+                        "hard_swish or hard_sigmoid", activation);
+  hard = node->activation == EAD_BACKBONE_ACTIVATION_HARD_SWISH
+         || node->activation == EAD_BACKBONE_ACTIVATION_HARD_SIGMOID;
+  node->hard_scale = 1.0f / 6.0f;
+  if (scale == NULL)
+    return TRUE;
+  if (!hard)
+    return graph_error (error, r, "'hard_scale' belongs to hard_swish or hard_sigmoid, not "
+                        "to activation %s", names[node->activation]);
+  if (!JSON_NODE_HOLDS_VALUE (scale)
+      || (json_node_get_value_type (scale) != G_TYPE_DOUBLE
+          && json_node_get_value_type (scale) != G_TYPE_INT64))
+    return graph_error (error, r, "'hard_scale' must be a number");
+  value = json_node_get_double (scale);
+  if (!(value > 0.0 && value <= 1.0))
+    return graph_error (error, r, "'hard_scale' is %g, expected a number in (0, 1]", value);
+  node->hard_scale = (float) value;
+  return TRUE;
+}
+
+static int
+node_channels (const EadBackbone *backbone, int node)
+{
+  return node < 0 ? 3 : backbone->convs[node].out_channels;
+}
+
+/* A mean or mul node: its conv holds the name and channels only. */
+static gboolean
+read_graph_elementwise (EadBackbone *backbone, GHashTable *names, NodeReader *r,
+                        EadBackboneConv *conv, EadBackboneNode *node, GError **error)
+{
+  int channels;
+
+  if (json_object_has_member (r->node, "residual"))
+    return graph_error (error, r, "only a conv node takes a 'residual'");
+  if (!node_ref (r, names, "input", FALSE, &node->input, error)
+      || (node->op == EAD_BACKBONE_OP_MUL
+          && !node_ref (r, names, "scale", TRUE, &node->scale, error))
+      || !node_int (r, "channels", 1, MAX_CHANNELS, &channels, error))
+    return FALSE;
+  if (node->op == EAD_BACKBONE_OP_MUL && node->scale < 0)
+    return graph_error (error, r, "'scale' must name an earlier node");
+  if (channels != node_channels (backbone, node->input))
+    return graph_error (error, r, "'channels' is %d but its input has %d channels", channels,
+                        node_channels (backbone, node->input));
+  if (node->scale >= 0 && node_channels (backbone, node->scale) != channels)
+    return graph_error (error, r, "its scale has %d channels, its input %d",
+                        node_channels (backbone, node->scale), channels);
+  conv->in_channels = conv->out_channels = channels;
+  conv->groups = 1;
+  return TRUE;
+}
+
 static gboolean
 read_graph_node (EadSafetensors *file, GHashTable *used, GHashTable *names,
                  EadBackbone *backbone, NodeReader *r, GError **error)
 {
   EadBackboneConv *conv = &backbone->convs[r->index];
   EadBackboneNode *node = &backbone->nodes[r->index];
-  const char *op = node_string (r, "op"), *activation = node_string (r, "activation");
+  const char *op = node_string (r, "op");
   int in_channels;
 
   r->name = node_string (r, "name");
@@ -745,8 +823,20 @@ read_graph_node (EadSafetensors *file, GHashTable *used, GHashTable *names,
   conv->name = g_strdup (r->name);
   backbone->n_nodes = backbone->n_convs = r->index + 1;
   node->conv = r->index;
+  node->residual = node->scale = -1;
+  node->hard_scale = 1.0f / 6.0f;
+  if (op != NULL && (g_str_equal (op, "mean") || g_str_equal (op, "mul")))
+    {
+      node->op = g_str_equal (op, "mean") ? EAD_BACKBONE_OP_MEAN : EAD_BACKBONE_OP_MUL;
+      if (!read_graph_elementwise (backbone, names, r, conv, node, error))
+        return FALSE;
+      g_hash_table_insert (names, (gpointer) r->name, GINT_TO_POINTER (r->index));
+      return TRUE;
+    }
   if (op == NULL || !g_str_equal (op, "conv"))
-    return graph_error (error, r, "'op' is '%s', only \"conv\" is known", op ? op : "(none)");
+    return graph_error (error, r, "'op' is '%s', expected conv, mean or mul",
+                        op ? op : "(none)");
+  node->op = EAD_BACKBONE_OP_CONV;
   if (!node_ref (r, names, "input", FALSE, &node->input, error)
       || !node_ref (r, names, "residual", TRUE, &node->residual, error)
       || !node_int (r, "in_channels", 1, MAX_CHANNELS, &conv->in_channels, error)
@@ -754,18 +844,10 @@ read_graph_node (EadSafetensors *file, GHashTable *used, GHashTable *names,
       || !node_int (r, "groups", 1, MAX_CHANNELS, &conv->groups, error)
       || !node_int (r, "kernel", 1, MAX_KERNEL, &conv->kernel, error)
       || !node_int (r, "stride", 1, MAX_KERNEL, &conv->stride, error)
-      || !read_padding (r, node, error))
+      || !read_padding (r, node, error)
+      || !read_activation (r, node, error))
     return FALSE;
-  if (activation == NULL || g_str_equal (activation, "none"))
-    node->activation = EAD_BACKBONE_ACTIVATION_NONE;
-  else if (g_str_equal (activation, "relu"))
-    node->activation = EAD_BACKBONE_ACTIVATION_RELU;
-  else if (g_str_equal (activation, "relu6"))
-    node->activation = EAD_BACKBONE_ACTIVATION_RELU6;
-  else
-    return graph_error (error, r, "'activation' is '%s', expected none, relu or relu6",
-                        activation);
-  in_channels = node->input < 0 ? 3 : backbone->convs[node->input].out_channels;
+  in_channels = node_channels (backbone, node->input);
   if (conv->in_channels != in_channels)
     return graph_error (error, r, "'in_channels' is %d but its input has %d channels",
                         conv->in_channels, in_channels);
@@ -1144,13 +1226,48 @@ owned_memory (EadBackboneExec *exec, const dnnl_memory_desc_t *user_md, const fl
            ? owned : NULL;
 }
 
+static const char *const activation_names[] = { "", " +relu", " +relu6", " +hard_swish",
+                                                 " +hard_sigmoid" };
+
+/* The activation as eltwise post-ops.  hard_swish: oneDNN's hardswish (x * relu6(x + 3) /
+ * 6) times 6 * hard_scale; hard_sigmoid: clip to [-3, 3], then * hard_scale + 3 *
+ * hard_scale (the chain x + 3, clip to [0, 6], * hard_scale gave wrong values in oneDNN
+ * 2.6's brgconv_1x1). */
+static void
+append_activation (dnnl_post_ops_t post_ops, EadBackboneActivation activation,
+                   float hard_scale)
+{
+  const float hard_swish_scale = (float) (6.0 * hard_scale);
+
+  switch (activation)
+    {
+    case EAD_BACKBONE_ACTIVATION_NONE:
+      break;
+    case EAD_BACKBONE_ACTIVATION_RELU:
+      dnnl_post_ops_append_eltwise (post_ops, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f);
+      break;
+    case EAD_BACKBONE_ACTIVATION_RELU6:
+      dnnl_post_ops_append_eltwise (post_ops, 1.0f, dnnl_eltwise_clip, 0.0f, 6.0f);
+      break;
+    case EAD_BACKBONE_ACTIVATION_HARD_SWISH:
+      dnnl_post_ops_append_eltwise (post_ops, 1.0f, dnnl_eltwise_hardswish, 0.0f, 0.0f);
+      if (hard_swish_scale != 1.0f)
+        dnnl_post_ops_append_eltwise (post_ops, 1.0f, dnnl_eltwise_linear, hard_swish_scale,
+                                      0.0f);
+      break;
+    case EAD_BACKBONE_ACTIVATION_HARD_SIGMOID:
+      dnnl_post_ops_append_eltwise (post_ops, 1.0f, dnnl_eltwise_clip, -3.0f, 3.0f);
+      dnnl_post_ops_append_eltwise (post_ops, 1.0f, dnnl_eltwise_linear, hard_scale,
+                                    3.0f * hard_scale);
+      break;
+    }
+}
+
 /* dst = conv(src) + bias, then, with a residual, dst += residual, then the activation.
  * pads: top, bottom, left, right.
  * With a residual the result is written over it (oneDNN's sum post-op adds what dst
  * holds), or over a copy of it when the convolution wants another layout; dst then
  * takes the residual's buffer, which the caller must not release. */
-static const char *const activation_names[] = { "", " +relu", " +relu6" };
-
 static gboolean
 compile_conv (EadBackboneExec *exec,
               const EadBackboneConv *conv,
@@ -1158,6 +1275,7 @@ compile_conv (EadBackboneExec *exec,
               const Activation *src,
               const Activation *residual,
               EadBackboneActivation activation,
+              float hard_scale,
               Activation *dst,
               GError **error)
 {
@@ -1195,10 +1313,7 @@ compile_conv (EadBackboneExec *exec,
   dnnl_post_ops_create (&post_ops);
   if (residual != NULL)
     dnnl_post_ops_append_sum (post_ops, 1.0f);
-  if (activation == EAD_BACKBONE_ACTIVATION_RELU)
-    dnnl_post_ops_append_eltwise (post_ops, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f);
-  else if (activation == EAD_BACKBONE_ACTIVATION_RELU6)
-    dnnl_post_ops_append_eltwise (post_ops, 1.0f, dnnl_eltwise_clip, 0.0f, 6.0f);
+  append_activation (post_ops, activation, hard_scale);
   dnnl_primitive_attr_set_post_ops (attr, post_ops);
   dnnl_post_ops_destroy (post_ops);
   dnnl_memory_desc_init_by_tag (&src_md, 4, src_dims, dnnl_f32, dnnl_format_tag_any);
@@ -1313,8 +1428,8 @@ compile_block (EadBackboneExec *exec,
     {
       Activation next;
 
-      if (!compile_conv (exec, &convs[i], same_pads (&convs[i]), &branch, NULL, RELU, &next,
-                         error))
+      if (!compile_conv (exec, &convs[i], same_pads (&convs[i]), &branch, NULL, RELU, 0.0f,
+                         &next, error))
         return FALSE;
       release_unless_kept (exec, &branch, x);
       branch = next;
@@ -1322,10 +1437,10 @@ compile_block (EadBackboneExec *exec,
   if (block->downsample >= 0
       && !compile_conv (exec, &backbone->convs[block->downsample],
                         same_pads (&backbone->convs[block->downsample]), x, NULL,
-                        EAD_BACKBONE_ACTIVATION_NONE, &shortcut, error))
+                        EAD_BACKBONE_ACTIVATION_NONE, 0.0f, &shortcut, error))
     return FALSE;
   if (!compile_conv (exec, &convs[n_branch - 1], same_pads (&convs[n_branch - 1]), &branch,
-                     &shortcut, RELU, &out, error))
+                     &shortcut, RELU, 0.0f, &out, error))
     return FALSE;
   release (exec, &branch);
   release_unless_kept (exec, &shortcut, &out);
@@ -1407,7 +1522,7 @@ compile_network (EadBackboneExec *exec,
   x.memory = bind (exec, &x.md, PLACE_INPUT, 0, NULL, error);
   if (x.memory == NULL
       || !compile_conv (exec, &backbone->convs[0], same_pads (&backbone->convs[0]), &x, NULL,
-                        RELU, &stem, error)
+                        RELU, 0.0f, &stem, error)
       || !compile_maxpool (exec, &stem, &x, error))
     return FALSE;
   release (exec, &stem);
@@ -1422,6 +1537,81 @@ compile_network (EadBackboneExec *exec,
   return allocate_workspace (exec, error);
 }
 
+/* dst = the mean of src over height and width (channels x 1 x 1). */
+static gboolean
+compile_mean (EadBackboneExec *exec, const char *name, const Activation *src, Activation *dst,
+              GError **error)
+{
+  dnnl_dims_t dst_dims = { src->md.dims[0], src->md.dims[1], 1, 1 };
+  dnnl_memory_desc_t dst_md;
+  dnnl_reduction_desc_t desc;
+  dnnl_primitive_attr_t attr = _ead_cpu_attr_new (FALSE);
+  dnnl_primitive_desc_t pd = NULL;
+  g_autofree char *what = g_strdup_printf ("%s mean %dx%d", name, (int) src->md.dims[2],
+                                           (int) src->md.dims[3]);
+  gboolean ok;
+
+  dnnl_memory_desc_init_by_tag (&dst_md, 4, dst_dims, dnnl_f32, dnnl_format_tag_any);
+  ok = check (dnnl_reduction_desc_init (&desc, dnnl_reduction_mean, &src->md, &dst_md, 0.0f,
+                                        0.0f),
+              what, error)
+       && check (dnnl_primitive_desc_create (&pd, &desc, attr, exec->engine, NULL), what,
+                 error)
+       && new_activation (exec, dnnl_primitive_desc_query_md (pd, dnnl_query_dst_md, 0), dst,
+                          error)
+       && add_step (exec, pd, what,
+                    (dnnl_exec_arg_t[]) { { DNNL_ARG_SRC, src->memory },
+                                          { DNNL_ARG_DST, dst->memory } },
+                    2, error);
+  dnnl_primitive_attr_destroy (attr);
+  if (pd != NULL)
+    dnnl_primitive_desc_destroy (pd);
+  return ok;
+}
+
+/* dst = src * scale, the scale broadcast over height and width when it is channels x 1 x
+ * 1; dst has src's layout. */
+static gboolean
+compile_mul (EadBackboneExec *exec, const char *name, const Activation *src,
+             const Activation *scale, Activation *dst, GError **error)
+{
+  dnnl_memory_desc_t dst_md;
+  dnnl_binary_desc_t desc;
+  dnnl_primitive_attr_t attr = _ead_cpu_attr_new (FALSE);
+  dnnl_primitive_desc_t pd = NULL;
+  const gboolean broadcast = scale->md.dims[2] == 1 && scale->md.dims[3] == 1;
+  g_autofree char *what = g_strdup_printf ("%s mul%s", name,
+                                           broadcast ? " per channel" : "");
+  gboolean ok;
+
+  if (!broadcast
+      && (scale->md.dims[2] != src->md.dims[2] || scale->md.dims[3] != src->md.dims[3]))
+    {
+      dnnl_primitive_attr_destroy (attr);
+      g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
+                   "node '%s': its scale is %d x %d, its input %d x %d (expected 1 x 1 or the "
+                   "same)", name, (int) scale->md.dims[2], (int) scale->md.dims[3],
+                   (int) src->md.dims[2], (int) src->md.dims[3]);
+      return FALSE;
+    }
+  dnnl_memory_desc_init_by_tag (&dst_md, 4, src->md.dims, dnnl_f32, dnnl_format_tag_any);
+  ok = check (dnnl_binary_desc_init (&desc, dnnl_binary_mul, &src->md, &scale->md, &dst_md),
+              what, error)
+       && check (dnnl_primitive_desc_create (&pd, &desc, attr, exec->engine, NULL), what,
+                 error)
+       && new_activation (exec, dnnl_primitive_desc_query_md (pd, dnnl_query_dst_md, 0), dst,
+                          error)
+       && add_step (exec, pd, what,
+                    (dnnl_exec_arg_t[]) { { DNNL_ARG_SRC_0, src->memory },
+                                          { DNNL_ARG_SRC_1, scale->memory },
+                                          { DNNL_ARG_DST, dst->memory } },
+                    3, error);
+  dnnl_primitive_attr_destroy (attr);
+  if (pd != NULL)
+    dnnl_primitive_desc_destroy (pd);
+  return ok;
+}
+
 /* TensorFlow's 'same' padding along one axis: before, after. */
 static void
 tf_same_padding (int in, int kernel, int stride, int *before, int *after)
@@ -1433,9 +1623,71 @@ tf_same_padding (int in, int kernel, int stride, int *before, int *after)
   *after = total - *before;
 }
 
+/* Conv node i of a graph: acts[i] from src, with TensorFlow's 'same' padding worked out
+ * for src's size.  A residual that is read again later is copied first, since the sum
+ * post-op writes over it. */
+static gboolean
+compile_graph_conv (EadBackboneExec *exec,
+                    const EadBackbone *backbone,
+                    int i,
+                    const Activation *src,
+                    Activation *acts,
+                    const int *last_read,
+                    GError **error)
+{
+  const EadBackboneNode *node = &backbone->nodes[i];
+  const EadBackboneConv *conv = &backbone->convs[node->conv];
+  Activation residual_copy = { .buffer = -1 };
+  const Activation *residual = NULL;
+  int pads[4];
+
+  memcpy (pads, node->pads, sizeof pads);
+  if (node->same)
+    {
+      tf_same_padding ((int) src->md.dims[2], conv->kernel, conv->stride, &pads[0], &pads[1]);
+      tf_same_padding ((int) src->md.dims[3], conv->kernel, conv->stride, &pads[2], &pads[3]);
+    }
+  if ((int) src->md.dims[2] + pads[0] + pads[1] < conv->kernel
+      || (int) src->md.dims[3] + pads[2] + pads[3] < conv->kernel)
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
+                   "node '%s': its %d x %d input is smaller than its %d x %d kernel",
+                   conv->name, (int) src->md.dims[2], (int) src->md.dims[3], conv->kernel,
+                   conv->kernel);
+      return FALSE;
+    }
+  if (node->residual >= 0)
+    {
+      residual = &acts[node->residual];
+      if (last_read[node->residual] > i)
+        {
+          g_autofree char *what = g_strconcat (conv->name, " residual copy", NULL);
+
+          if (!add_reorder (exec, residual, &residual->md, PLACE_BUFFER, 0, what,
+                            &residual_copy, error))
+            return FALSE;
+          residual = &residual_copy;
+        }
+    }
+  if (!compile_conv (exec, conv, pads, src, residual, node->activation, node->hard_scale,
+                     &acts[i], error))
+    return FALSE;
+  if (residual != NULL
+      && (residual->md.dims[2] != acts[i].md.dims[2]
+          || residual->md.dims[3] != acts[i].md.dims[3]))
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
+                   "node '%s': its output is %d x %d, its residual %d x %d", conv->name,
+                   (int) acts[i].md.dims[2], (int) acts[i].md.dims[3],
+                   (int) residual->md.dims[2], (int) residual->md.dims[3]);
+      return FALSE;
+    }
+  release_unless_kept (exec, &residual_copy, &acts[i]);
+  return TRUE;
+}
+
 /* The nodes up to the last level's.  A node's activation is released after its last
- * reader; a residual that is read again later is copied first, since the sum post-op
- * writes over it. */
+ * reader. */
 static gboolean
 compile_graph (EadBackboneExec *exec,
                const EadBackbone *backbone,
@@ -1463,63 +1715,36 @@ compile_graph (EadBackboneExec *exec,
         last_read[node->input] = i;
       if (node->residual >= 0)
         last_read[node->residual] = i;
+      if (node->scale >= 0)
+        last_read[node->scale] = i;
     }
   for (int i = 0; i <= last; i++)
     {
       const EadBackboneNode *node = &backbone->nodes[i];
-      const EadBackboneConv *conv = &backbone->convs[node->conv];
+      const char *name = backbone->convs[node->conv].name;
       const Activation *src = node->input >= 0 ? &acts[node->input] : &image;
-      Activation residual_copy = { .buffer = -1 };
-      const Activation *residual = NULL;
-      int pads[4];
+      gboolean ok;
 
-      memcpy (pads, node->pads, sizeof pads);
-      if (node->same)
+      switch (node->op)
         {
-          tf_same_padding ((int) src->md.dims[2], conv->kernel, conv->stride, &pads[0],
-                           &pads[1]);
-          tf_same_padding ((int) src->md.dims[3], conv->kernel, conv->stride, &pads[2],
-                           &pads[3]);
+        case EAD_BACKBONE_OP_MEAN:
+          ok = compile_mean (exec, name, src, &acts[i], error);
+          break;
+        case EAD_BACKBONE_OP_MUL:
+          ok = compile_mul (exec, name, src, &acts[node->scale], &acts[i], error);
+          break;
+        default:
+          ok = compile_graph_conv (exec, backbone, i, src, acts, last_read, error);
+          break;
         }
-      if ((int) src->md.dims[2] + pads[0] + pads[1] < conv->kernel
-          || (int) src->md.dims[3] + pads[2] + pads[3] < conv->kernel)
-        {
-          g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
-                       "node '%s': its %d x %d input is smaller than its %d x %d kernel",
-                       conv->name, (int) src->md.dims[2], (int) src->md.dims[3], conv->kernel,
-                       conv->kernel);
-          return FALSE;
-        }
-      if (node->residual >= 0)
-        {
-          residual = &acts[node->residual];
-          if (last_read[node->residual] > i)
-            {
-              g_autofree char *what = g_strconcat (conv->name, " residual copy", NULL);
-
-              if (!add_reorder (exec, residual, &residual->md, PLACE_BUFFER, 0, what,
-                                &residual_copy, error))
-                return FALSE;
-              residual = &residual_copy;
-            }
-        }
-      if (!compile_conv (exec, conv, pads, src, residual, node->activation, &acts[i], error))
+      if (!ok)
         return FALSE;
-      if (residual != NULL
-          && (residual->md.dims[2] != acts[i].md.dims[2]
-              || residual->md.dims[3] != acts[i].md.dims[3]))
-        {
-          g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
-                       "node '%s': its output is %d x %d, its residual %d x %d", conv->name,
-                       (int) acts[i].md.dims[2], (int) acts[i].md.dims[3],
-                       (int) residual->md.dims[2], (int) residual->md.dims[3]);
-          return FALSE;
-        }
       if (node->input >= 0 && last_read[node->input] == i)
         release_unless_kept (exec, &acts[node->input], &acts[i]);
       if (node->residual >= 0 && last_read[node->residual] == i)
         release_unless_kept (exec, &acts[node->residual], &acts[i]);
-      release_unless_kept (exec, &residual_copy, &acts[i]);
+      if (node->scale >= 0 && last_read[node->scale] == i)
+        release_unless_kept (exec, &acts[node->scale], &acts[i]);
       for (int l = 0; l < EAD_BACKBONE_LEVELS; l++)
         if ((levels & 1u << l) && backbone->level_nodes[l] == i
             && !compile_output (exec, l + 1, &acts[i], error))

@@ -20,19 +20,28 @@
  * and there is no dilation (replace_stride_with_dilation is not detected).
  *
  * A graph backbone is read from a safetensors file whose metadata "ead.backbone.graph"
- * describes it (tools/convert-mobilenet writes MobileNetV2 so): a JSON object
+ * describes it (tools/convert-mobilenet writes MobileNetV2 and MobileNetV3 so): a JSON
+ * object
  *
  *   {"format": 1, "nodes": [NODE...], "levels": {"level1": {"node": NAME}, ...}}
  *   NODE: {"name", "op": "conv", "input": NAME or "input", "in_channels", "out_channels",
  *          "kernel", "stride", "groups", "padding": "same" | "valid" | [top, bottom,
- *          left, right], "activation": "none" | "relu" | "relu6", "residual": NAME}
+ *          left, right], "activation": "none" | "relu" | "relu6" | "hard_swish" |
+ *          "hard_sigmoid", "hard_scale": NUMBER, "residual": NAME}
+ *       | {"name", "op": "mean", "input": NAME or "input", "channels"}
+ *       | {"name", "op": "mul", "input": NAME or "input", "scale": NAME, "channels"}
  *
- * with tensors <name>.weight (OIHW, I = in_channels / groups) and <name>.bias per node;
- * batch norm is already folded in.  A node computes act(conv(input) + bias + residual).
- * "same" is TensorFlow's: pad_total = max((ceil(in / stride) - 1) * stride + kernel - in,
- * 0), pad_before = pad_total / 2, the rest after (asymmetric for an even input at stride
- * 2).  Nodes read only earlier nodes.  Tensors named head.* (a classifier) are allowed and
- * ignored.
+ * with tensors <name>.weight (OIHW, I = in_channels / groups) and <name>.bias per conv
+ * node; batch norm is already folded in.  A conv node computes act(conv(input) + bias +
+ * residual), where hard_swish(x) = x * relu6(x + 3) * s and hard_sigmoid(x) = relu6(x + 3)
+ * * s with s = "hard_scale" (in (0, 1], default 1/6; a converted TensorFlow graph keeps
+ * its own constant, e.g. float16's 1/6).  A mean node averages its input over height and
+ * width (channels x 1 x 1: squeeze-and-excite's pool); a mul node multiplies its input by
+ * "scale" per element, broadcast when the scale is channels x 1 x 1 (squeeze-and-excite's
+ * gate).  "same" is TensorFlow's: pad_total = max((ceil(in / stride) - 1) * stride +
+ * kernel - in, 0), pad_before = pad_total / 2, the rest after (asymmetric for an even
+ * input at stride 2).  Nodes read only earlier nodes.  Tensors named head.* (a classifier)
+ * are allowed and ignored.
  *
  * Levels: bit (n - 1) of a level mask is level n.  For torchvision it is layer<n>; for a
  * graph the node that "level<n>" names (levels a graph does not name cannot be compiled).
@@ -62,7 +71,15 @@ typedef enum {
   EAD_BACKBONE_ACTIVATION_NONE,
   EAD_BACKBONE_ACTIVATION_RELU,
   EAD_BACKBONE_ACTIVATION_RELU6,
+  EAD_BACKBONE_ACTIVATION_HARD_SWISH,    /* x * relu6(x + 3) * hard_scale */
+  EAD_BACKBONE_ACTIVATION_HARD_SIGMOID,  /* relu6(x + 3) * hard_scale */
 } EadBackboneActivation;
+
+typedef enum {
+  EAD_BACKBONE_OP_CONV,
+  EAD_BACKBONE_OP_MEAN,  /* global average over height and width */
+  EAD_BACKBONE_OP_MUL,   /* input * scale, the scale broadcast from channels x 1 x 1 */
+} EadBackboneOp;
 
 /* A convolution with its batch norm folded in. */
 typedef struct {
@@ -83,12 +100,16 @@ typedef struct {
   int downsample;    /* index in convs of the shortcut's convolution, -1 for the identity */
 } EadBackboneBlock;
 
-/* A graph backbone's step: convs[conv] applied to node `input`. */
+/* A graph backbone's step: convs[conv] applied to node `input` (a mean or mul node's
+ * conv holds only its name and channels: kernel 0, no weight or bias). */
 typedef struct {
+  EadBackboneOp op;
   int conv;
   int input;                        /* an earlier node, -1 for the image */
   int residual;                     /* an earlier node added before the activation, or -1 */
+  int scale;                        /* mul: the earlier node multiplied in; else -1 */
   EadBackboneActivation activation;
+  float hard_scale;                 /* of hard_swish and hard_sigmoid */
   gboolean same;                    /* TensorFlow 'same' padding, else pads */
   int pads[4];                      /* top, bottom, left, right; 'valid' is all 0 */
 } EadBackboneNode;
@@ -108,7 +129,8 @@ typedef struct {
   EadBackboneConv *convs;                    /* the stem first, then in execution order */
   int n_blocks;
   EadBackboneBlock *blocks;
-  /* a graph's nodes (torchvision: 0, NULL); convs[i] belongs to nodes[i] */
+  /* a graph's nodes (torchvision: 0, NULL); convs[i] belongs to nodes[i], so a graph's
+   * n_convs counts its mean and mul nodes too */
   int n_nodes;
   EadBackboneNode *nodes;
   int level_nodes[EAD_BACKBONE_LEVELS];    /* graph: the node of each level, -1 if none */
@@ -131,8 +153,10 @@ EadBackbone *ead_backbone_new_from_checkpoint (const EadTorchCheckpoint *checkpo
                                                GError **error);
 /* A graph backbone from a safetensors file (see above).  Errors: those of
  * ead_safetensors_open, EAD_ERROR_FORMAT when "ead.backbone.graph" is missing or not as
- * described, a node reads a later or unknown node, channels or groups do not fit, a tensor
- * is missing, of the wrong shape, not finite, or not used.  Messages start with the path
+ * described (an unknown op or activation, a hard_scale out of range or on another
+ * activation, a residual on a mean or mul node), a node reads a later or unknown node,
+ * channels or groups do not fit, a tensor is missing, of the wrong shape, not finite, or
+ * not used.  Messages start with the path
  * and name the node or tensor.  level_channels holds 0 for levels the graph lacks;
  * block_kind, depth, level_blocks and blocks are unused. */
 EadBackbone *ead_backbone_load_graph (const char *path, GError **error);
@@ -149,7 +173,8 @@ guint ead_backbone_parse_levels (const char *text, GError **error);
 typedef struct _EadBackboneExec EadBackboneExec;
 
 /* Compiles the backbone up to the last level in the mask (EAD_ERROR_INVALID for a level a
- * graph does not name) for a batch x 3 x height x width
+ * graph does not name, an input too small for a kernel, a residual or a mul's scale whose
+ * size does not fit) for a batch x 3 x height x width
  * input, on the CPU backend's oneDNN engine and thread count (the images of a batch run
  * one after the other).  The weights are copied into the executable, so the backbone may
  * be freed afterwards; the activations of one image live in one block allocated here

