@@ -36,6 +36,24 @@ open_project (const char *command, const char *path)
   return project;
 }
 
+/* Says what failed; the exit status of a command that stops there. */
+static int
+report_failure (const char *command, const GError *error)
+{
+  ead_cli_error (command, "%s", error->message);
+  return EAD_EXIT_FAILURE;
+}
+
+/* For a command that takes no arguments: FALSE, after saying so, when it was given some. */
+static gboolean
+check_no_arguments (const char *command, int argc, char **argv)
+{
+  if (argc == 1)
+    return TRUE;
+  ead_cli_error (command, "unexpected argument '%s' (see 'ead %s --help')", argv[1], command);
+  return FALSE;
+}
+
 static char *
 format_time (gint64 usec)
 {
@@ -84,6 +102,13 @@ json_add_int (JsonBuilder *builder, const char *name, gint64 value)
 {
   json_builder_set_member_name (builder, name);
   json_builder_add_int_value (builder, value);
+}
+
+static void
+json_add_boolean (JsonBuilder *builder, const char *name, gboolean value)
+{
+  json_builder_set_member_name (builder, name);
+  json_builder_add_boolean_value (builder, value);
 }
 
 static void
@@ -155,10 +180,7 @@ ead_cmd_init (int argc, char **argv)
     }
   project = ead_project_create (file, &error);
   if (project == NULL)
-    {
-      ead_cli_error ("init", "%s", error->message);
-      return EAD_EXIT_FAILURE;
-    }
+    return report_failure ("init", error);
   if (json)
     {
       g_autoptr (JsonBuilder) builder = json_builder_new ();
@@ -217,8 +239,7 @@ json_add_report (JsonBuilder *builder, const char *folder, const EadImportReport
 {
   json_builder_begin_object (builder);
   json_add_string (builder, "folder", folder);
-  json_builder_set_member_name (builder, "mvtec");
-  json_builder_add_boolean_value (builder, report->mvtec);
+  json_add_boolean (builder, "mvtec", report->mvtec);
   json_add_int (builder, "added", report->n_added);
   json_add_int (builder, "present", report->n_present);
   json_add_int (builder, "moved", report->n_moved);
@@ -298,10 +319,7 @@ ead_cmd_import (int argc, char **argv)
       if (progress.shown)
         fprintf (stderr, "\n");
       if (report == NULL)
-        {
-          ead_cli_error ("import", "%s", error->message);
-          return EAD_EXIT_FAILURE;
-        }
+        return report_failure ("import", error);
       any_failed |= report->failures->len > 0;
       if (json)
         json_add_report (builder, argv[i], report);
@@ -380,10 +398,7 @@ ead_cmd_label (int argc, char **argv)
       g_array_append_val (ids, image->id);
     }
   if (!ead_project_set_labels (project, (gint64 *) ids->data, ids->len, label, &error))
-    {
-      ead_cli_error ("label", "%s", error->message);
-      return EAD_EXIT_FAILURE;
-    }
+    return report_failure ("label", error);
   if (json)
     {
       g_autoptr (JsonBuilder) builder = json_builder_new ();
@@ -426,8 +441,7 @@ json_add_image (JsonBuilder *builder, const EadProjectImage *image)
   json_add_int (builder, "size", (gint64) image->size);
   json_add_string (builder, "hash", hash);
   json_add_string (builder, "mask", image->mask_path);
-  json_builder_set_member_name (builder, "missing");
-  json_builder_add_boolean_value (builder, image->missing);
+  json_add_boolean (builder, "missing", image->missing);
   json_add_time (builder, "added", image->added_at);
   json_builder_end_object (builder);
 }
@@ -462,11 +476,8 @@ ead_cmd_images (int argc, char **argv)
   if (!ead_cli_parse ("images", "", "List the images of a project, in import order.", entries,
                       &argc, &argv, &exit_code))
     return exit_code;
-  if (argc != 1)
-    {
-      ead_cli_error ("images", "unexpected argument '%s' (see 'ead images --help')", argv[1]);
-      return EAD_EXIT_USAGE;
-    }
+  if (!check_no_arguments ("images", argc, argv))
+    return EAD_EXIT_USAGE;
   ead_image_filter_init (&filter);
   if (label_text != NULL)
     {
@@ -502,10 +513,7 @@ ead_cmd_images (int argc, char **argv)
     return EAD_EXIT_FAILURE;
   images = ead_project_list_images (project, &filter, (guint64) offset, (guint) limit, &error);
   if (images == NULL || !ead_project_count_images (project, &filter, &total, &error))
-    {
-      ead_cli_error ("images", "%s", error->message);
-      return EAD_EXIT_FAILURE;
-    }
+    return report_failure ("images", error);
 
   if (json)
     {
@@ -562,25 +570,16 @@ ead_cmd_models (int argc, char **argv)
   if (!ead_cli_parse ("models", "", "List the models of a project, or register a bundle.",
                       entries, &argc, &argv, &exit_code))
     return exit_code;
-  if (argc != 1)
-    {
-      ead_cli_error ("models", "unexpected argument '%s' (see 'ead models --help')", argv[1]);
-      return EAD_EXIT_USAGE;
-    }
+  if (!check_no_arguments ("models", argc, argv))
+    return EAD_EXIT_USAGE;
   project = open_project ("models", project_path);
   if (project == NULL)
     return EAD_EXIT_FAILURE;
   if (add != NULL && ead_project_add_model (project, add, name, &error) == 0)
-    {
-      ead_cli_error ("models", "%s", error->message);
-      return EAD_EXIT_FAILURE;
-    }
+    return report_failure ("models", error);
   models = ead_project_list_models (project, &error);
   if (models == NULL)
-    {
-      ead_cli_error ("models", "%s", error->message);
-      return EAD_EXIT_FAILURE;
-    }
+    return report_failure ("models", error);
   if (json)
     {
       g_autoptr (JsonBuilder) builder = json_builder_new ();
@@ -638,13 +637,19 @@ json_add_counts (JsonBuilder *builder, const EadThresholdCounts *counts)
   json_builder_end_object (builder);
 }
 
+/* A threshold as printed: NAN is none. */
+static char *
+format_value (double value)
+{
+  return isnan (value) ? g_strdup ("none") : g_strdup_printf ("%.9g", value);
+}
+
 static void
 print_value (const char *name, double value)
 {
-  if (isnan (value))
-    printf ("  %-11s none\n", name);
-  else
-    printf ("  %-11s %.9g\n", name, value);
+  g_autofree char *text = format_value (value);
+
+  printf ("  %-11s %s\n", name, text);
 }
 
 static int
@@ -659,10 +664,7 @@ threshold_show (EadProject *project, gint64 model_id, gboolean json)
   if (!ead_project_get_threshold (project, model_id, &threshold, &error)
       || (events = ead_project_list_threshold_events (project, model_id, &error)) == NULL
       || (table = ead_project_load_scores (project, model_id, &error)) == NULL)
-    {
-      ead_cli_error ("threshold", "%s", error->message);
-      return EAD_EXIT_FAILURE;
-    }
+    return report_failure ("threshold", error);
   ead_score_table_count (table, threshold.effective, threshold.review, &counts);
 
   if (json)
@@ -721,10 +723,8 @@ threshold_show (EadProject *project, gint64 model_id, gboolean json)
     {
       EadThresholdEvent *event = events->pdata[i];
       g_autofree char *at = format_time (event->at);
-      g_autofree char *old_text = isnan (event->old_value) ? g_strdup ("none")
-                                  : g_strdup_printf ("%.9g", event->old_value);
-      g_autofree char *new_text = isnan (event->new_value) ? g_strdup ("none")
-                                  : g_strdup_printf ("%.9g", event->new_value);
+      g_autofree char *old_text = format_value (event->old_value);
+      g_autofree char *new_text = format_value (event->new_value);
 
       printf ("  %s  %-9s %s -> %s  by %s%s%s\n", at, event->kind, old_text, new_text,
               event->user, event->reason != NULL ? ": " : "",
@@ -746,10 +746,7 @@ threshold_suggest (EadProject *project,
   if (!ead_project_suggest_threshold (project, model_id, NULL, &suggestion, &error)
       || (accept && !ead_project_accept_suggested_threshold (project, model_id, NULL, reason,
                                                              &error)))
-    {
-      ead_cli_error ("threshold", "%s", error->message);
-      return EAD_EXIT_FAILURE;
-    }
+    return report_failure ("threshold", error);
   if (json)
     {
       g_autoptr (JsonBuilder) builder = json_builder_new ();
@@ -761,8 +758,7 @@ threshold_suggest (EadProject *project,
       json_add_double (builder, "f1", suggestion.f1);
       json_add_int (builder, "good", suggestion.n_good);
       json_add_int (builder, "defect", suggestion.n_defect);
-      json_builder_set_member_name (builder, "accepted");
-      json_builder_add_boolean_value (builder, accept);
+      json_add_boolean (builder, "accepted", accept);
       json_builder_end_object (builder);
       print_builder (builder);
     }
@@ -795,10 +791,7 @@ threshold_set (EadProject *project,
           && !parse_value ("threshold", "--review", review_text, TRUE, &review)))
     return EAD_EXIT_USAGE;
   if (!ead_project_get_threshold (project, model_id, &current, &error))
-    {
-      ead_cli_error ("threshold", "%s", error->message);
-      return EAD_EXIT_FAILURE;
-    }
+    return report_failure ("threshold", error);
   /* The band must stay below the threshold after each of the two changes; one of the
    * two orders always keeps it so when the final state is valid. */
   if (review_text != NULL && value_text != NULL
@@ -811,10 +804,7 @@ threshold_set (EadProject *project,
          && (value_text == NULL
              || ead_project_set_threshold (project, model_id, value, NULL, reason, &error));
   if (!ok)
-    {
-      ead_cli_error ("threshold", "%s", error->message);
-      return EAD_EXIT_FAILURE;
-    }
+    return report_failure ("threshold", error);
   if (quiet)
     return EAD_EXIT_OK;
   if (value_text != NULL)
@@ -925,20 +915,14 @@ ead_cmd_runs (int argc, char **argv)
   if (!ead_cli_parse ("runs", "", "List the training and inference runs, newest first.",
                       entries, &argc, &argv, &exit_code))
     return exit_code;
-  if (argc != 1)
-    {
-      ead_cli_error ("runs", "unexpected argument '%s' (see 'ead runs --help')", argv[1]);
-      return EAD_EXIT_USAGE;
-    }
+  if (!check_no_arguments ("runs", argc, argv))
+    return EAD_EXIT_USAGE;
   project = open_project ("runs", project_path);
   if (project == NULL)
     return EAD_EXIT_FAILURE;
   runs = ead_project_list_runs (project, &error);
   if (runs == NULL)
-    {
-      ead_cli_error ("runs", "%s", error->message);
-      return EAD_EXIT_FAILURE;
-    }
+    return report_failure ("runs", error);
   if (json)
     {
       g_autoptr (JsonBuilder) builder = json_builder_new ();

@@ -25,6 +25,16 @@ static const char *const split_names[] = { "none", "train", "validation", "test"
 static const char *const run_state_names[] = { "queued", "running", "done", "failed",
                                                "cancelled" };
 
+/* The index of text in names, or -1 when it is none of them. */
+static int
+name_index (const char *const *names, guint n_names, const char *text)
+{
+  for (guint i = 0; i < n_names; i++)
+    if (g_strcmp0 (text, names[i]) == 0)
+      return (int) i;
+  return -1;
+}
+
 const char *
 ead_label_name (EadLabel label)
 {
@@ -35,15 +45,14 @@ ead_label_name (EadLabel label)
 gboolean
 ead_label_parse (const char *text, EadLabel *label, GError **error)
 {
-  for (guint i = 0; i < G_N_ELEMENTS (label_names); i++)
-    if (g_strcmp0 (text, label_names[i]) == 0)
-      {
-        *label = (EadLabel) i;
-        return TRUE;
-      }
-  g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
-               "unknown label '%s' (expected good, defect or unlabelled)", text);
-  return FALSE;
+  int index = name_index (label_names, G_N_ELEMENTS (label_names), text);
+
+  if (index >= 0)
+    *label = (EadLabel) index;
+  else
+    g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
+                 "unknown label '%s' (expected good, defect or unlabelled)", text);
+  return index >= 0;
 }
 
 const char *
@@ -56,15 +65,14 @@ ead_split_name (EadSplit split)
 gboolean
 ead_split_parse (const char *text, EadSplit *split, GError **error)
 {
-  for (guint i = 0; i < G_N_ELEMENTS (split_names); i++)
-    if (g_strcmp0 (text, split_names[i]) == 0)
-      {
-        *split = (EadSplit) i;
-        return TRUE;
-      }
-  g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
-               "unknown split '%s' (expected train, validation, test or none)", text);
-  return FALSE;
+  int index = name_index (split_names, G_N_ELEMENTS (split_names), text);
+
+  if (index >= 0)
+    *split = (EadSplit) index;
+  else
+    g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
+                 "unknown split '%s' (expected train, validation, test or none)", text);
+  return index >= 0;
 }
 
 const char *
@@ -83,29 +91,27 @@ ead_run_kind_name (EadRunKind kind)
 static EadLabel
 label_from_text (const unsigned char *text)
 {
-  EadLabel label = EAD_LABEL_UNLABELLED;
+  int index = name_index (label_names, G_N_ELEMENTS (label_names), (const char *) text);
 
-  ead_label_parse ((const char *) text, &label, NULL);
-  return label;
+  return index >= 0 ? (EadLabel) index : EAD_LABEL_UNLABELLED;
 }
 
+/* A NULL column is no split. */
 static EadSplit
 split_from_text (const unsigned char *text)
 {
-  EadSplit split = EAD_SPLIT_NONE;
+  int index = name_index (split_names, G_N_ELEMENTS (split_names), (const char *) text);
 
-  if (text != NULL)
-    ead_split_parse ((const char *) text, &split, NULL);
-  return split;
+  return index >= 0 ? (EadSplit) index : EAD_SPLIT_NONE;
 }
 
 static EadRunState
 run_state_from_text (const unsigned char *text)
 {
-  for (guint i = 0; i < G_N_ELEMENTS (run_state_names); i++)
-    if (g_strcmp0 ((const char *) text, run_state_names[i]) == 0)
-      return (EadRunState) i;
-  return EAD_RUN_FAILED;
+  int index = name_index (run_state_names, G_N_ELEMENTS (run_state_names),
+                          (const char *) text);
+
+  return index >= 0 ? (EadRunState) index : EAD_RUN_FAILED;
 }
 
 /* The column value a split is stored as: NULL for none. */
@@ -383,6 +389,82 @@ _ead_column_double_or_nan (sqlite3_stmt *stmt, int column)
   if (sqlite3_column_type (stmt, column) == SQLITE_NULL)
     return NAN;
   return sqlite3_column_double (stmt, column);
+}
+
+/* After stepping stmt through its rows, the last step giving rc: resets it; FALSE, with
+ * error, unless the rows came to their end. */
+static gboolean
+rows_done (EadProject *project, sqlite3_stmt *stmt, int rc, const char *what, GError **error)
+{
+  sqlite3_reset (stmt);
+  if (rc != SQLITE_DONE)
+    {
+      _ead_store_set_error (error, project->db, rc, project->path, what);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+typedef gpointer (*RowReader) (sqlite3_stmt *stmt);
+
+/* Every row of stmt, as read_row makes it, in an array that frees them with free_row. */
+static GPtrArray *
+read_rows (EadProject *project,
+           sqlite3_stmt *stmt,
+           RowReader read_row,
+           GDestroyNotify free_row,
+           const char *what,
+           GError **error)
+{
+  g_autoptr (GPtrArray) rows = g_ptr_array_new_with_free_func (free_row);
+  int rc;
+
+  while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
+    g_ptr_array_add (rows, read_row (stmt));
+  if (!rows_done (project, stmt, rc, what, error))
+    return NULL;
+  return g_steal_pointer (&rows);
+}
+
+/* After the one step of stmt that looks up the noun with this id, which gave rc: resets
+ * stmt; FALSE, with error, when there is no such row or the step failed. */
+static gboolean
+row_done (EadProject *project,
+          sqlite3_stmt *stmt,
+          int rc,
+          const char *noun,
+          gint64 id,
+          const char *what,
+          GError **error)
+{
+  sqlite3_reset (stmt);
+  if (rc == SQLITE_DONE)
+    g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID, "%s: no %s with id %" G_GINT64_FORMAT,
+                 project->path, noun, id);
+  else if (rc != SQLITE_ROW)
+    _ead_store_set_error (error, project->db, rc, project->path, what);
+  return rc == SQLITE_ROW;
+}
+
+/* Runs stmt, which yields one row, and reads the row's first column. */
+static gboolean
+read_int64 (EadProject *project,
+            sqlite3_stmt *stmt,
+            gint64 *value,
+            const char *what,
+            GError **error)
+{
+  int rc = sqlite3_step (stmt);
+
+  if (rc == SQLITE_ROW)
+    *value = sqlite3_column_int64 (stmt, 0);
+  sqlite3_reset (stmt);
+  if (rc != SQLITE_ROW)
+    {
+      _ead_store_set_error (error, project->db, rc, project->path, what);
+      return FALSE;
+    }
+  return TRUE;
 }
 
 static gboolean
@@ -793,10 +875,7 @@ ead_project_list_images (EadProject *project,
                          GError **error)
 {
   g_autoptr (GString) sql = g_string_new ("SELECT " IMAGE_COLUMNS " WHERE 1");
-  g_autoptr (GPtrArray) images = g_ptr_array_new_with_free_func (
-    (GDestroyNotify) ead_project_image_free);
   sqlite3_stmt *stmt;
-  int rc;
 
   g_return_val_if_fail (project != NULL, NULL);
   g_return_val_if_fail (filter_is_valid (filter), NULL);
@@ -811,15 +890,8 @@ ead_project_list_images (EadProject *project,
                       limit == 0 ? -1 : (gint64) limit);
   sqlite3_bind_int64 (stmt, sqlite3_bind_parameter_index (stmt, ":offset"),
                       (gint64) MIN (offset, (guint64) G_MAXINT64));
-  while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
-    g_ptr_array_add (images, image_from_row (stmt));
-  sqlite3_reset (stmt);
-  if (rc != SQLITE_DONE)
-    {
-      _ead_store_set_error (error, project->db, rc, project->path, "cannot list the images");
-      return NULL;
-    }
-  return g_steal_pointer (&images);
+  return read_rows (project, stmt, (RowReader) image_from_row,
+                    (GDestroyNotify) ead_project_image_free, "cannot list the images", error);
 }
 
 gboolean
@@ -830,7 +902,7 @@ ead_project_count_images (EadProject *project,
 {
   g_autoptr (GString) sql = g_string_new ("SELECT count(*) FROM images i WHERE 1");
   sqlite3_stmt *stmt;
-  int rc;
+  gint64 n = 0;
 
   g_return_val_if_fail (project != NULL && count != NULL, FALSE);
   g_return_val_if_fail (filter_is_valid (filter), FALSE);
@@ -840,15 +912,9 @@ ead_project_count_images (EadProject *project,
   if (stmt == NULL)
     return FALSE;
   _ead_bind_image_filter (stmt, filter);
-  rc = sqlite3_step (stmt);
-  if (rc == SQLITE_ROW)
-    *count = (guint64) sqlite3_column_int64 (stmt, 0);
-  sqlite3_reset (stmt);
-  if (rc != SQLITE_ROW)
-    {
-      _ead_store_set_error (error, project->db, rc, project->path, "cannot count the images");
-      return FALSE;
-    }
+  if (!read_int64 (project, stmt, &n, "cannot count the images", error))
+    return FALSE;
+  *count = (guint64) n;
   return TRUE;
 }
 
@@ -947,6 +1013,25 @@ change_one_row (EadProject *project,
   return TRUE;
 }
 
+/* Runs sql, an UPDATE with the parameters (text, id), on the noun with this id. */
+static gboolean
+update_row_text (EadProject *project,
+                 const char *sql,
+                 const char *text,
+                 const char *noun,
+                 gint64 id,
+                 const char *what,
+                 GError **error)
+{
+  sqlite3_stmt *stmt = _ead_project_prepare (project, sql, error);
+
+  if (stmt == NULL)
+    return FALSE;
+  _ead_bind_text_or_null (stmt, 1, text);
+  sqlite3_bind_int64 (stmt, 2, id);
+  return change_one_row (project, stmt, noun, id, what, error);
+}
+
 gboolean
 ead_project_set_labels (EadProject *project,
                         const gint64 *ids,
@@ -962,18 +1047,8 @@ ead_project_set_labels (EadProject *project,
   if (!_ead_project_begin (project, error))
     return FALSE;
   for (guint i = 0; i < n && ok; i++)
-    {
-      sqlite3_stmt *stmt = _ead_project_prepare (project,
-        "UPDATE images SET label = ? WHERE id = ?", error);
-
-      ok = stmt != NULL;
-      if (ok)
-        {
-          sqlite3_bind_text (stmt, 1, label_names[label], -1, SQLITE_STATIC);
-          sqlite3_bind_int64 (stmt, 2, ids[i]);
-          ok = change_one_row (project, stmt, "image", ids[i], "cannot set a label", error);
-        }
-    }
+    ok = update_row_text (project, "UPDATE images SET label = ? WHERE id = ?",
+                          label_names[label], "image", ids[i], "cannot set a label", error);
   return finish_transaction (project, ok, error);
 }
 
@@ -993,19 +1068,11 @@ ead_project_set_splits (EadProject *project,
     return FALSE;
   for (guint i = 0; i < n && ok; i++)
     {
-      sqlite3_stmt *stmt = _ead_project_prepare (project,
-        "UPDATE images SET split = ? WHERE id = ?", error);
-      g_autofree char *what = NULL;
+      g_autofree char *what = g_strdup_printf ("cannot put image %" G_GINT64_FORMAT
+                                               " in the %s split", ids[i], split_names[split]);
 
-      ok = stmt != NULL;
-      if (ok)
-        {
-          _ead_bind_text_or_null (stmt, 1, split_column (split));
-          sqlite3_bind_int64 (stmt, 2, ids[i]);
-          what = g_strdup_printf ("cannot put image %" G_GINT64_FORMAT " in the %s split",
-                                  ids[i], split_names[split]);
-          ok = change_one_row (project, stmt, "image", ids[i], what, error);
-        }
+      ok = update_row_text (project, "UPDATE images SET split = ? WHERE id = ?",
+                            split_column (split), "image", ids[i], what, error);
     }
   return finish_transaction (project, ok, error);
 }
@@ -1045,13 +1112,24 @@ ead_project_image_set_free (EadProjectImageSet *set)
   g_free (set);
 }
 
+static EadProjectImageSet *
+image_set_from_row (sqlite3_stmt *stmt)
+{
+  EadProjectImageSet *set = g_new0 (EadProjectImageSet, 1);
+
+  set->id = sqlite3_column_int64 (stmt, 0);
+  set->path = _ead_column_dup (stmt, 1);
+  set->name = _ead_column_dup (stmt, 2);
+  set->layout = _ead_column_dup (stmt, 3);
+  set->imported_at = sqlite3_column_int64 (stmt, 4);
+  set->n_images = (guint64) sqlite3_column_int64 (stmt, 5);
+  return set;
+}
+
 GPtrArray *
 ead_project_list_image_sets (EadProject *project, GError **error)
 {
-  g_autoptr (GPtrArray) sets = g_ptr_array_new_with_free_func (
-    (GDestroyNotify) ead_project_image_set_free);
   sqlite3_stmt *stmt;
-  int rc;
 
   g_return_val_if_fail (project != NULL, NULL);
 
@@ -1061,25 +1139,9 @@ ead_project_list_image_sets (EadProject *project, GError **error)
     error);
   if (stmt == NULL)
     return NULL;
-  while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
-    {
-      EadProjectImageSet *set = g_new0 (EadProjectImageSet, 1);
-
-      set->id = sqlite3_column_int64 (stmt, 0);
-      set->path = _ead_column_dup (stmt, 1);
-      set->name = _ead_column_dup (stmt, 2);
-      set->layout = _ead_column_dup (stmt, 3);
-      set->imported_at = sqlite3_column_int64 (stmt, 4);
-      set->n_images = (guint64) sqlite3_column_int64 (stmt, 5);
-      g_ptr_array_add (sets, set);
-    }
-  sqlite3_reset (stmt);
-  if (rc != SQLITE_DONE)
-    {
-      _ead_store_set_error (error, project->db, rc, project->path, "cannot list the image sets");
-      return NULL;
-    }
-  return g_steal_pointer (&sets);
+  return read_rows (project, stmt, (RowReader) image_set_from_row,
+                    (GDestroyNotify) ead_project_image_set_free, "cannot list the image sets",
+                    error);
 }
 
 /* Models */
@@ -1233,25 +1295,15 @@ ead_project_add_model (EadProject *project,
 GPtrArray *
 ead_project_list_models (EadProject *project, GError **error)
 {
-  g_autoptr (GPtrArray) models = g_ptr_array_new_with_free_func (
-    (GDestroyNotify) ead_project_model_free);
   sqlite3_stmt *stmt;
-  int rc;
 
   g_return_val_if_fail (project != NULL, NULL);
 
   stmt = _ead_project_prepare (project, "SELECT " MODEL_COLUMNS " ORDER BY id", error);
   if (stmt == NULL)
     return NULL;
-  while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
-    g_ptr_array_add (models, model_from_row (stmt));
-  sqlite3_reset (stmt);
-  if (rc != SQLITE_DONE)
-    {
-      _ead_store_set_error (error, project->db, rc, project->path, "cannot list the models");
-      return NULL;
-    }
-  return g_steal_pointer (&models);
+  return read_rows (project, stmt, (RowReader) model_from_row,
+                    (GDestroyNotify) ead_project_model_free, "cannot list the models", error);
 }
 
 EadProjectModel *
@@ -1270,12 +1322,7 @@ ead_project_get_model (EadProject *project, gint64 id, GError **error)
   rc = sqlite3_step (stmt);
   if (rc == SQLITE_ROW)
     model = model_from_row (stmt);
-  sqlite3_reset (stmt);
-  if (rc == SQLITE_DONE)
-    g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID, "%s: no model with id %" G_GINT64_FORMAT,
-                 project->path, id);
-  else if (rc != SQLITE_ROW)
-    _ead_store_set_error (error, project->db, rc, project->path, "cannot read a model");
+  row_done (project, stmt, rc, "model", id, "cannot read a model", error);
   return model;
 }
 
@@ -1284,20 +1331,13 @@ ead_project_latest_model (EadProject *project, GError **error)
 {
   sqlite3_stmt *stmt;
   gint64 id = 0;
-  int rc;
 
   g_return_val_if_fail (project != NULL, 0);
 
   stmt = _ead_project_prepare (project, "SELECT max(id) FROM models", error);
   if (stmt == NULL)
     return 0;
-  rc = sqlite3_step (stmt);
-  if (rc == SQLITE_ROW)
-    id = sqlite3_column_int64 (stmt, 0);
-  sqlite3_reset (stmt);
-  if (rc != SQLITE_ROW)
-    _ead_store_set_error (error, project->db, rc, project->path, "cannot read the models");
-  else if (id == 0)
+  if (read_int64 (project, stmt, &id, "cannot read the models", error) && id == 0)
     g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID, "%s: the project has no model yet",
                  project->path);
   return id;
@@ -1309,22 +1349,15 @@ ead_project_set_model_metrics (EadProject *project,
                                const char *metrics_json,
                                GError **error)
 {
-  sqlite3_stmt *stmt;
   gboolean ok;
 
   g_return_val_if_fail (project != NULL && metrics_json != NULL, FALSE);
 
   if (!_ead_project_begin (project, error))
     return FALSE;
-  stmt = _ead_project_prepare (project, "UPDATE models SET metrics = ? WHERE id = ?", error);
-  ok = stmt != NULL;
-  if (ok)
-    {
-      sqlite3_bind_text (stmt, 1, metrics_json, -1, SQLITE_STATIC);
-      sqlite3_bind_int64 (stmt, 2, model_id);
-      ok = change_one_row (project, stmt, "model", model_id,
-                           "cannot store the metrics (they must be JSON)", error);
-    }
+  ok = update_row_text (project, "UPDATE models SET metrics = ? WHERE id = ?", metrics_json,
+                        "model", model_id, "cannot store the metrics (they must be JSON)",
+                        error);
   return finish_transaction (project, ok, error);
 }
 
@@ -1378,13 +1411,9 @@ read_run_state (EadProject *project,
   rc = sqlite3_step (stmt);
   if (rc == SQLITE_ROW)
     *state = run_state_from_text (sqlite3_column_text (stmt, 0));
-  sqlite3_reset (stmt);
-  if (rc == SQLITE_DONE)
-    g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID, "%s: no %s run with id %" G_GINT64_FORMAT,
-                 project->path, ead_run_kind_name (kind), run_id);
-  else if (rc != SQLITE_ROW)
-    _ead_store_set_error (error, project->db, rc, project->path, "cannot read a run");
-  return rc == SQLITE_ROW;
+  return row_done (project, stmt, rc,
+                   kind == EAD_RUN_TRAINING ? "training run" : "inference run", run_id,
+                   "cannot read a run", error);
 }
 
 static gboolean
@@ -1393,14 +1422,18 @@ run_is_finished (EadRunState state)
   return state == EAD_RUN_DONE || state == EAD_RUN_FAILED || state == EAD_RUN_CANCELLED;
 }
 
+/* Checks that the run may go from the state it is in to the state to. */
 static gboolean
 check_transition (EadProject *project,
                   EadRunKind kind,
                   gint64 run_id,
-                  EadRunState from,
                   EadRunState to,
                   GError **error)
 {
+  EadRunState from;
+
+  if (!read_run_state (project, kind, run_id, &from, error))
+    return FALSE;
   if (run_is_finished (from) || to == EAD_RUN_QUEUED
       || (to == EAD_RUN_RUNNING && from != EAD_RUN_QUEUED))
     {
@@ -1420,7 +1453,6 @@ ead_project_training_run_set_state (EadProject *project,
                                     const char *message,
                                     GError **error)
 {
-  EadRunState current;
   sqlite3_stmt *stmt;
   gboolean ok;
   gint64 now = g_get_real_time ();
@@ -1429,8 +1461,7 @@ ead_project_training_run_set_state (EadProject *project,
 
   if (!_ead_project_begin (project, error))
     return FALSE;
-  ok = read_run_state (project, EAD_RUN_TRAINING, run_id, &current, error)
-       && check_transition (project, EAD_RUN_TRAINING, run_id, current, state, error);
+  ok = check_transition (project, EAD_RUN_TRAINING, run_id, state, error);
   if (ok)
     {
       stmt = _ead_project_prepare (project,
@@ -1512,23 +1543,14 @@ ead_project_training_run_append_log (EadProject *project,
                                      const char *text,
                                      GError **error)
 {
-  sqlite3_stmt *stmt;
   gboolean ok;
 
   g_return_val_if_fail (project != NULL && text != NULL, FALSE);
 
   if (!_ead_project_begin (project, error))
     return FALSE;
-  stmt = _ead_project_prepare (project, "UPDATE training_runs SET log = log || ? WHERE id = ?",
-                               error);
-  ok = stmt != NULL;
-  if (ok)
-    {
-      sqlite3_bind_text (stmt, 1, text, -1, SQLITE_STATIC);
-      sqlite3_bind_int64 (stmt, 2, run_id);
-      ok = change_one_row (project, stmt, "training run", run_id, "cannot append to the log",
-                           error);
-    }
+  ok = update_row_text (project, "UPDATE training_runs SET log = log || ? WHERE id = ?", text,
+                        "training run", run_id, "cannot append to the log", error);
   return finish_transaction (project, ok, error);
 }
 
@@ -1587,13 +1609,8 @@ ead_project_training_run_metrics (EadProject *project, gint64 run_id, GError **e
 
       g_array_append_val (metrics, metric);
     }
-  sqlite3_reset (stmt);
-  if (rc != SQLITE_DONE)
-    {
-      _ead_store_set_error (error, project->db, rc, project->path,
-                            "cannot read the training metrics");
-      return NULL;
-    }
+  if (!rows_done (project, stmt, rc, "cannot read the training metrics", error))
+    return NULL;
   return g_steal_pointer (&metrics);
 }
 
@@ -1613,12 +1630,7 @@ ead_project_training_run_log (EadProject *project, gint64 run_id, GError **error
   rc = sqlite3_step (stmt);
   if (rc == SQLITE_ROW)
     log = _ead_column_dup (stmt, 0);
-  sqlite3_reset (stmt);
-  if (rc == SQLITE_DONE)
-    g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
-                 "%s: no training run with id %" G_GINT64_FORMAT, project->path, run_id);
-  else if (rc != SQLITE_ROW)
-    _ead_store_set_error (error, project->db, rc, project->path, "cannot read the log");
+  row_done (project, stmt, rc, "training run", run_id, "cannot read the log", error);
   return log;
 }
 
@@ -1731,13 +1743,8 @@ ead_project_list_unscored (EadProject *project,
 
       g_array_append_val (ids, id);
     }
-  sqlite3_reset (stmt);
-  if (rc != SQLITE_DONE)
-    {
-      _ead_store_set_error (error, project->db, rc, project->path,
-                            "cannot list the unscored images");
-      return NULL;
-    }
+  if (!rows_done (project, stmt, rc, "cannot list the unscored images", error))
+    return NULL;
   return g_steal_pointer (&ids);
 }
 
@@ -1858,7 +1865,6 @@ ead_project_add_results (EadProject *project,
   gint64 model_id = 0;
   EadRunState state;
   gboolean ok = TRUE;
-  int rc;
 
   g_return_val_if_fail (project != NULL && (results != NULL || n == 0), FALSE);
 
@@ -1889,14 +1895,7 @@ ead_project_add_results (EadProject *project,
       if (ok)
         {
           sqlite3_bind_int64 (stmt, 1, run_id);
-          rc = sqlite3_step (stmt);
-          model_id = rc == SQLITE_ROW ? sqlite3_column_int64 (stmt, 0) : 0;
-          sqlite3_reset (stmt);
-          if (rc != SQLITE_ROW)
-            {
-              _ead_store_set_error (error, project->db, rc, project->path, "cannot read a run");
-              ok = FALSE;
-            }
+          ok = read_int64 (project, stmt, &model_id, "cannot read a run", error);
         }
     }
   for (guint i = 0; i < n && ok; i++)
@@ -1913,7 +1912,6 @@ ead_project_inference_run_finish (EadProject *project,
                                   const char *message,
                                   GError **error)
 {
-  EadRunState current;
   sqlite3_stmt *stmt;
   gboolean ok;
 
@@ -1921,8 +1919,7 @@ ead_project_inference_run_finish (EadProject *project,
 
   if (!_ead_project_begin (project, error))
     return FALSE;
-  ok = read_run_state (project, EAD_RUN_INFERENCE, run_id, &current, error)
-       && check_transition (project, EAD_RUN_INFERENCE, run_id, current, state, error);
+  ok = check_transition (project, EAD_RUN_INFERENCE, run_id, state, error);
   if (ok)
     {
       stmt = _ead_project_prepare (project,
@@ -1950,6 +1947,20 @@ ead_project_result_free (EadProjectResult *result)
   g_free (result);
 }
 
+static EadProjectResult *
+result_from_row (sqlite3_stmt *stmt)
+{
+  EadProjectResult *result = g_new0 (EadProjectResult, 1);
+
+  result->image_id = sqlite3_column_int64 (stmt, 0);
+  result->run_id = sqlite3_column_int64 (stmt, 1);
+  result->path = _ead_column_dup (stmt, 2);
+  result->label = label_from_text (sqlite3_column_text (stmt, 3));
+  result->split = split_from_text (sqlite3_column_text (stmt, 4));
+  result->score = sqlite3_column_double (stmt, 5);
+  return result;
+}
+
 GPtrArray *
 ead_project_list_results (EadProject *project,
                           gint64 model_id,
@@ -1959,10 +1970,7 @@ ead_project_list_results (EadProject *project,
   g_autoptr (GString) sql = g_string_new (
     "SELECT r.image_id, r.run_id, i.path, i.label, i.split, r.score FROM results r "
     "JOIN images i ON i.id = r.image_id WHERE r.model_id = :model");
-  g_autoptr (GPtrArray) results = g_ptr_array_new_with_free_func (
-    (GDestroyNotify) ead_project_result_free);
   sqlite3_stmt *stmt;
-  int rc;
 
   g_return_val_if_fail (project != NULL && filter_is_valid (filter), NULL);
 
@@ -1973,25 +1981,8 @@ ead_project_list_results (EadProject *project,
     return NULL;
   _ead_bind_image_filter (stmt, filter);
   sqlite3_bind_int64 (stmt, sqlite3_bind_parameter_index (stmt, ":model"), model_id);
-  while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
-    {
-      EadProjectResult *result = g_new0 (EadProjectResult, 1);
-
-      result->image_id = sqlite3_column_int64 (stmt, 0);
-      result->run_id = sqlite3_column_int64 (stmt, 1);
-      result->path = _ead_column_dup (stmt, 2);
-      result->label = label_from_text (sqlite3_column_text (stmt, 3));
-      result->split = split_from_text (sqlite3_column_text (stmt, 4));
-      result->score = sqlite3_column_double (stmt, 5);
-      g_ptr_array_add (results, result);
-    }
-  sqlite3_reset (stmt);
-  if (rc != SQLITE_DONE)
-    {
-      _ead_store_set_error (error, project->db, rc, project->path, "cannot list the results");
-      return NULL;
-    }
-  return g_steal_pointer (&results);
+  return read_rows (project, stmt, (RowReader) result_from_row,
+                    (GDestroyNotify) ead_project_result_free, "cannot list the results", error);
 }
 
 gboolean
@@ -2050,13 +2041,21 @@ ead_inference_failure_free (EadInferenceFailure *failure)
   g_free (failure);
 }
 
+static EadInferenceFailure *
+failure_from_row (sqlite3_stmt *stmt)
+{
+  EadInferenceFailure *failure = g_new0 (EadInferenceFailure, 1);
+
+  failure->image_id = sqlite3_column_int64 (stmt, 0);
+  failure->path = _ead_column_dup (stmt, 1);
+  failure->reason = _ead_column_dup (stmt, 2);
+  return failure;
+}
+
 GPtrArray *
 ead_project_list_inference_failures (EadProject *project, gint64 run_id, GError **error)
 {
-  g_autoptr (GPtrArray) failures = g_ptr_array_new_with_free_func (
-    (GDestroyNotify) ead_inference_failure_free);
   sqlite3_stmt *stmt;
-  int rc;
 
   g_return_val_if_fail (project != NULL, NULL);
 
@@ -2066,22 +2065,9 @@ ead_project_list_inference_failures (EadProject *project, gint64 run_id, GError 
   if (stmt == NULL)
     return NULL;
   sqlite3_bind_int64 (stmt, 1, run_id);
-  while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
-    {
-      EadInferenceFailure *failure = g_new0 (EadInferenceFailure, 1);
-
-      failure->image_id = sqlite3_column_int64 (stmt, 0);
-      failure->path = _ead_column_dup (stmt, 1);
-      failure->reason = _ead_column_dup (stmt, 2);
-      g_ptr_array_add (failures, failure);
-    }
-  sqlite3_reset (stmt);
-  if (rc != SQLITE_DONE)
-    {
-      _ead_store_set_error (error, project->db, rc, project->path, "cannot list the failures");
-      return NULL;
-    }
-  return g_steal_pointer (&failures);
+  return read_rows (project, stmt, (RowReader) failure_from_row,
+                    (GDestroyNotify) ead_inference_failure_free, "cannot list the failures",
+                    error);
 }
 
 /* Runs of both kinds */
@@ -2095,13 +2081,31 @@ ead_project_run_free (EadProjectRun *run)
   g_free (run);
 }
 
+static EadProjectRun *
+run_from_row (sqlite3_stmt *stmt)
+{
+  EadProjectRun *run = g_new0 (EadProjectRun, 1);
+
+  run->kind = sqlite3_column_int (stmt, 0) == 0 ? EAD_RUN_TRAINING : EAD_RUN_INFERENCE;
+  run->id = sqlite3_column_int64 (stmt, 1);
+  run->state = run_state_from_text (sqlite3_column_text (stmt, 2));
+  run->model_id = sqlite3_column_int64 (stmt, 3);
+  run->done = (guint64) sqlite3_column_int64 (stmt, 4);
+  run->total = (guint64) sqlite3_column_int64 (stmt, 5);
+  run->n_failed = (guint64) sqlite3_column_int64 (stmt, 6);
+  run->elapsed_s = sqlite3_column_double (stmt, 7);
+  run->eta_s = sqlite3_column_type (stmt, 8) == SQLITE_NULL ? -1.0
+                                                            : sqlite3_column_double (stmt, 8);
+  run->message = _ead_column_dup (stmt, 9);
+  run->created_at = sqlite3_column_int64 (stmt, 10);
+  run->finished_at = sqlite3_column_int64 (stmt, 11);
+  return run;
+}
+
 GPtrArray *
 ead_project_list_runs (EadProject *project, GError **error)
 {
-  g_autoptr (GPtrArray) runs = g_ptr_array_new_with_free_func (
-    (GDestroyNotify) ead_project_run_free);
   sqlite3_stmt *stmt;
-  int rc;
 
   g_return_val_if_fail (project != NULL, NULL);
 
@@ -2117,32 +2121,8 @@ ead_project_list_runs (EadProject *project, GError **error)
     "ORDER BY 11 DESC, 2 DESC", error);
   if (stmt == NULL)
     return NULL;
-  while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
-    {
-      EadProjectRun *run = g_new0 (EadProjectRun, 1);
-
-      run->kind = sqlite3_column_int (stmt, 0) == 0 ? EAD_RUN_TRAINING : EAD_RUN_INFERENCE;
-      run->id = sqlite3_column_int64 (stmt, 1);
-      run->state = run_state_from_text (sqlite3_column_text (stmt, 2));
-      run->model_id = sqlite3_column_int64 (stmt, 3);
-      run->done = (guint64) sqlite3_column_int64 (stmt, 4);
-      run->total = (guint64) sqlite3_column_int64 (stmt, 5);
-      run->n_failed = (guint64) sqlite3_column_int64 (stmt, 6);
-      run->elapsed_s = sqlite3_column_double (stmt, 7);
-      run->eta_s = sqlite3_column_type (stmt, 8) == SQLITE_NULL ? -1.0
-                                                                : sqlite3_column_double (stmt, 8);
-      run->message = _ead_column_dup (stmt, 9);
-      run->created_at = sqlite3_column_int64 (stmt, 10);
-      run->finished_at = sqlite3_column_int64 (stmt, 11);
-      g_ptr_array_add (runs, run);
-    }
-  sqlite3_reset (stmt);
-  if (rc != SQLITE_DONE)
-    {
-      _ead_store_set_error (error, project->db, rc, project->path, "cannot list the runs");
-      return NULL;
-    }
-  return g_steal_pointer (&runs);
+  return read_rows (project, stmt, (RowReader) run_from_row,
+                    (GDestroyNotify) ead_project_run_free, "cannot list the runs", error);
 }
 
 /* Reports */
@@ -2196,13 +2176,25 @@ ead_project_add_report (EadProject *project,
   return finish_transaction (project, ok, error) ? id : 0;
 }
 
+static EadProjectReport *
+report_from_row (sqlite3_stmt *stmt)
+{
+  EadProjectReport *report = g_new0 (EadProjectReport, 1);
+
+  report->id = sqlite3_column_int64 (stmt, 0);
+  report->model_id = sqlite3_column_int64 (stmt, 1);
+  report->format = _ead_column_dup (stmt, 2);
+  report->path = _ead_column_dup (stmt, 3);
+  report->threshold = _ead_column_double_or_nan (stmt, 4);
+  report->summary = _ead_column_dup (stmt, 5);
+  report->created_at = sqlite3_column_int64 (stmt, 6);
+  return report;
+}
+
 GPtrArray *
 ead_project_list_reports (EadProject *project, GError **error)
 {
-  g_autoptr (GPtrArray) reports = g_ptr_array_new_with_free_func (
-    (GDestroyNotify) ead_project_report_free);
   sqlite3_stmt *stmt;
-  int rc;
 
   g_return_val_if_fail (project != NULL, NULL);
 
@@ -2211,24 +2203,6 @@ ead_project_list_reports (EadProject *project, GError **error)
     "ORDER BY id DESC", error);
   if (stmt == NULL)
     return NULL;
-  while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
-    {
-      EadProjectReport *report = g_new0 (EadProjectReport, 1);
-
-      report->id = sqlite3_column_int64 (stmt, 0);
-      report->model_id = sqlite3_column_int64 (stmt, 1);
-      report->format = _ead_column_dup (stmt, 2);
-      report->path = _ead_column_dup (stmt, 3);
-      report->threshold = _ead_column_double_or_nan (stmt, 4);
-      report->summary = _ead_column_dup (stmt, 5);
-      report->created_at = sqlite3_column_int64 (stmt, 6);
-      g_ptr_array_add (reports, report);
-    }
-  sqlite3_reset (stmt);
-  if (rc != SQLITE_DONE)
-    {
-      _ead_store_set_error (error, project->db, rc, project->path, "cannot list the reports");
-      return NULL;
-    }
-  return g_steal_pointer (&reports);
+  return read_rows (project, stmt, (RowReader) report_from_row,
+                    (GDestroyNotify) ead_project_report_free, "cannot list the reports", error);
 }
