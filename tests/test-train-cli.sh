@@ -63,6 +63,14 @@ B=$TMP/b.ead.safetensors
 check "uninterrupted training" "$@" --out "$A"
 [ -s "$A" ] && [ ! -e "$A.checkpoint" ] && ok "bundle written, checkpoint removed" \
   || not_ok "bundle written, checkpoint removed"
+# without --teacher: the bundled default teacher, named on stderr and in the bundle
+"$EAD" info "$A" >"$TMP/info" 2>&1
+if grep -q "teacher .*teachers/teacher-s.ead.safetensors (the default" "$TMP/err" \
+  && grep -q "^  teacher      default teacher .*teachers/teacher-s.ead.safetensors: " "$TMP/info"; then
+  ok "the default teacher is used and named"
+else
+  not_ok "the default teacher is used and named"; show "$TMP/err"; show "$TMP/info"
+fi
 
 # B: killed with SIGKILL once a checkpoint exists ...
 "$@" --out "$B" >"$TMP/b1.out" 2>"$TMP/b1.err" &
