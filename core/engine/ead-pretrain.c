@@ -10,6 +10,7 @@
 #include "ead-dataset.h"
 #include "ead-error.h"
 #include "ead-image.h"
+#include "ead-stats.h"
 #include "ead-safetensors.h"
 #include "ead-train.h"
 
@@ -786,23 +787,7 @@ target_statistics (EadPretrainer *pretrainer, EadPretrainProgressFunc progress,
             || !ead_pretrainer_target (pretrainer, pretrainer->backbone_input, pretrainer->psi,
                                        error))
           return FALSE;
-#pragma omp parallel for schedule(static)
-        for (int c = 0; c < EAD_TEACHER_CHANNELS; c++)
-          {
-            const float *plane = psi + (size_t) c * hw;
-            double sum = 0.0;
-
-            if (pass == 0)
-              for (size_t p = 0; p < hw; p++)
-                sum += plane[p];
-            else
-              for (size_t p = 0; p < hw; p++)
-                sum += (plane[p] - mean[c]) * (plane[p] - mean[c]);
-            if (pass == 0)
-              mean[c] += sum / hw / n;
-            else
-              var[c] += sum / hw / n;
-          }
+        ead_channel_stats_add (psi, EAD_TEACHER_CHANNELS, hw, pass, n, mean, var);
         report.elapsed_s = (g_get_monotonic_time () - start) / 1e6;
         report.eta_s = report.elapsed_s / report.step * (report.steps - report.step);
         if (progress != NULL)

@@ -117,3 +117,26 @@ ead_quantiles_select (float *values, size_t n, double q_lo, double q_hi, float *
   select_kth (values, k_hi, k_lo);
   *lo = lerp (values[k_lo], min_of (values + k_lo + 1, k_hi - k_lo), w_lo);
 }
+
+void
+ead_channel_stats_add (const float *maps, int channels, size_t hw, int pass, int n,
+                       double *mean, double *var)
+{
+#pragma omp parallel for schedule(static)
+  for (int c = 0; c < channels; c++)
+    {
+      const float *plane = maps + (size_t) c * hw;
+      double sum = 0.0;
+
+      if (pass == 0)
+        for (size_t p = 0; p < hw; p++)
+          sum += plane[p];
+      else
+        for (size_t p = 0; p < hw; p++)
+          sum += (plane[p] - mean[c]) * (plane[p] - mean[c]);
+      if (pass == 0)
+        mean[c] += sum / hw / n;
+      else
+        var[c] += sum / hw / n;
+    }
+}

@@ -260,23 +260,7 @@ teacher_statistics (EadTrainer *trainer, EadTrainProgressFunc progress, gpointer
         ead_image_to_input (train_image (trainer, i), trainer->inputs);
         if (!backend->forward (trainer->teacher1, trainer->inputs, trainer->t_out, error))
           return FALSE;
-#pragma omp parallel for schedule(static)
-        for (int c = 0; c < EAD_TEACHER_CHANNELS; c++)
-          {
-            const float *t = trainer->t_out + (size_t) c * hw;
-            double sum = 0.0;
-
-            if (pass == 0)
-              for (int p = 0; p < hw; p++)
-                sum += t[p];
-            else
-              for (int p = 0; p < hw; p++)
-                sum += (t[p] - mean[c]) * (t[p] - mean[c]);
-            if (pass == 0)
-              mean[c] += sum / hw / n;
-            else
-              var[c] += sum / hw / n;
-          }
+        ead_channel_stats_add (trainer->t_out, EAD_TEACHER_CHANNELS, hw, pass, n, mean, var);
         report.elapsed_s = (g_get_monotonic_time () - start) / 1e6;
         if (progress != NULL)
           progress (&report, user_data);
