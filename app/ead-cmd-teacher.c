@@ -11,6 +11,7 @@
 #include "ead-backbone.h"
 #include "ead-bundle.h"
 #include "ead-cli.h"
+#include "ead-cli-progress.h"
 #include "ead-model.h"
 #include "ead-pretrain.h"
 #include "ead-teacher-import.h"
@@ -106,12 +107,6 @@ teacher_import (int argc, char **argv)
 
 /* ---- ead teacher pretrain ---- */
 
-typedef struct {
-  gboolean json;
-  gboolean terminal;
-  int log_every;
-} Reporter;
-
 static gint cancel_requested;
 
 static void
@@ -126,64 +121,19 @@ phase_name (EadPretrainPhase phase)
   return phase == EAD_PRETRAIN_PHASE_STATISTICS ? "target statistics" : "distillation";
 }
 
-static char *
-format_duration (double seconds)
-{
-  int s = (int) (seconds + 0.5);
-
-  if (s >= 3600)
-    return g_strdup_printf ("%dh%02dm", s / 3600, s / 60 % 60);
-  return g_strdup_printf ("%dm%02ds", s / 60, s % 60);
-}
-
 static void
 report (const EadPretrainProgress *progress, gpointer user_data)
 {
-  Reporter *reporter = user_data;
-  gboolean training = progress->phase == EAD_PRETRAIN_PHASE_TRAINING;
-  gboolean last = progress->step == progress->steps;
+  if (progress->phase == EAD_PRETRAIN_PHASE_TRAINING)
+    {
+      EadCliLoss loss = { "total", progress->loss };
 
-  if (reporter->json)
-    {
-      if (!last && progress->step % reporter->log_every != 0)
-        return;
-      printf ("{\"event\":\"progress\",\"phase\":\"%s\",\"step\":%d,\"steps\":%d,"
-              "\"loss\":%.6g,\"elapsed_s\":%.1f,\"eta_s\":%.1f}\n",
-              training ? "training" : "statistics", progress->step, progress->steps,
-              training ? progress->loss : 0.0, progress->elapsed_s, progress->eta_s);
-      fflush (stdout);
-      return;
+      ead_cli_progress_step (user_data, progress->step, progress->steps, &loss, 1,
+                             progress->elapsed_s, progress->eta_s);
     }
-  if (reporter->terminal)
-    {
-      int width = 30, filled = (int) ((double) width * progress->step / progress->steps);
-      g_autofree char *elapsed = format_duration (progress->elapsed_s);
-      g_autofree char *eta = format_duration (progress->eta_s);
-      char bar[64];
-
-      for (int i = 0; i < width; i++)
-        bar[i] = i < filled ? '#' : '.';
-      bar[width] = '\0';
-      if (training)
-        fprintf (stderr, "\r%-18s [%s] %d/%d loss %.4f %s ETA %s  ", phase_name (progress->phase),
-                 bar, progress->step, progress->steps, progress->loss, elapsed, eta);
-      else
-        fprintf (stderr, "\r%-18s [%s] %d/%d %s ETA %s  ", phase_name (progress->phase), bar,
-                 progress->step, progress->steps, elapsed, eta);
-      if (last)
-        fputc ('\n', stderr);
-      return;
-    }
-  if (progress->step % reporter->log_every == 0 || last)
-    {
-      if (training)
-        printf ("step %d/%d loss %.5f elapsed %.0f s, ETA %.0f s\n", progress->step,
-                progress->steps, progress->loss, progress->elapsed_s, progress->eta_s);
-      else
-        printf ("%s: %d/%d samples (two passes), %.0f s\n", phase_name (progress->phase),
-                progress->step, progress->steps, progress->elapsed_s);
-      fflush (stdout);
-    }
+  else
+    ead_cli_progress_pass (user_data, phase_name (progress->phase), "samples (two passes)",
+                           progress->step, progress->steps, progress->elapsed_s, progress->eta_s);
 }
 
 /* "ead teacher ARGS...", shell-quoted, for the bundle's record of how it was made. */
@@ -296,7 +246,7 @@ teacher_pretrain (int argc, char **argv)
       "Steps between checkpoints (default 1000; 0: none)", "N" },
     { "resume", 0, 0, G_OPTION_ARG_NONE, &resume, "Continue from the last checkpoint", NULL },
     { "log-every", 0, 0, G_OPTION_ARG_INT, &log_every,
-      "Steps between progress lines when not on a terminal (default 10)", "N" },
+      "Steps between progress lines (mean loss of those steps) when not on a terminal (default 10)", "N" },
     { "json", 0, 0, G_OPTION_ARG_NONE, &json, "JSON events on stdout, one per line", NULL },
     { "out", 'o', 0, G_OPTION_ARG_FILENAME, &out, "Teacher bundle to write (*.ead.safetensors)",
       "BUNDLE" },
@@ -311,7 +261,7 @@ teacher_pretrain (int argc, char **argv)
   const GPtrArray *skipped;
   EadPretrainOptions options;
   EadPrecision precision;
-  Reporter reporter = { 0 };
+  EadCliProgress reporter;
   guint levels = (1u << 1) | (1u << 2);
   EadArch arch = EAD_ARCH_SMALL;
   int exit_code;
@@ -384,9 +334,7 @@ teacher_pretrain (int argc, char **argv)
     }
   ead_cli_note_precision ("teacher pretrain", precision, ead_pretrainer_get_backend (pretrainer));
 
-  reporter.json = json;
-  reporter.terminal = !json && isatty (STDERR_FILENO);
-  reporter.log_every = log_every;
+  ead_cli_progress_init (&reporter, json, log_every);
   if (!json)
     printf ("distilling an %s teacher from %s (%s, %s) on %u images from %s: %d steps of %d, "
             "target statistics over %d samples, %s\n",
@@ -408,8 +356,7 @@ teacher_pretrain (int argc, char **argv)
     {
       gboolean cancelled = g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
 
-      if (reporter.terminal)
-        fputc ('\n', stderr);
+      ead_cli_progress_interrupted (&reporter);
       ead_cli_error ("teacher pretrain", "%s%s", error->message,
                      cancelled ? "; continue with --resume" : "");
       return cancelled ? 130 : EAD_EXIT_FAILURE;

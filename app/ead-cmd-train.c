@@ -10,17 +10,10 @@
 
 #include "ead-bundle.h"
 #include "ead-cli.h"
+#include "ead-cli-progress.h"
 #include "ead-dataset.h"
 #include "ead-error.h"
 #include "ead-train.h"
-
-typedef struct {
-  gboolean json;
-  gboolean terminal;
-  int log_every;
-  EadTrainPhase last_phase;
-  gboolean phase_started;
-} Reporter;
 
 static gint cancel_requested;
 
@@ -45,72 +38,23 @@ phase_name (EadTrainPhase phase)
   return "?";
 }
 
-static char *
-format_duration (double seconds)
-{
-  int s = (int) (seconds + 0.5);
-
-  if (s >= 3600)
-    return g_strdup_printf ("%dh%02dm", s / 3600, s / 60 % 60);
-  return g_strdup_printf ("%dm%02ds", s / 60, s % 60);
-}
-
 static void
 report (const EadTrainProgress *progress, gpointer user_data)
 {
-  Reporter *reporter = user_data;
-  gboolean training = progress->phase == EAD_TRAIN_PHASE_TRAINING;
-  gboolean last = progress->step == progress->steps;
+  if (progress->phase == EAD_TRAIN_PHASE_TRAINING)
+    {
+      EadCliLoss losses[] = {
+        { "total", progress->loss_total }, { "hard", progress->loss_hard },
+        { "penalty", progress->loss_penalty }, { "ae", progress->loss_ae },
+        { "stae", progress->loss_stae },
+      };
 
-  if (reporter->json)
-    {
-      if (!training && !last)
-        return;
-      if (training && !last && progress->step % reporter->log_every != 0)
-        return;
-      printf ("{\"event\":\"progress\",\"phase\":\"%s\",\"step\":%d,\"steps\":%d,"
-              "\"loss\":%.6g,\"loss_hard\":%.6g,\"loss_penalty\":%.6g,\"loss_ae\":%.6g,"
-              "\"loss_stae\":%.6g,\"elapsed_s\":%.1f,\"eta_s\":%.1f}\n",
-              phase_name (progress->phase), progress->step, progress->steps,
-              progress->loss_total, progress->loss_hard, progress->loss_penalty,
-              progress->loss_ae, progress->loss_stae, progress->elapsed_s, progress->eta_s);
-      fflush (stdout);
-      return;
+      ead_cli_progress_step (user_data, progress->step, progress->steps, losses,
+                             G_N_ELEMENTS (losses), progress->elapsed_s, progress->eta_s);
     }
-  if (reporter->terminal)
-    {
-      int width = 30, filled = (int) ((double) width * progress->step / progress->steps);
-      g_autofree char *elapsed = format_duration (progress->elapsed_s);
-      g_autofree char *eta = format_duration (progress->eta_s);
-      char bar[64];
-
-      for (int i = 0; i < width; i++)
-        bar[i] = i < filled ? '#' : '.';
-      bar[width] = '\0';
-      if (training)
-        fprintf (stderr, "\r%-18s [%s] %d/%d loss %.4f (hard %.4f ae %.4f stae %.4f) %s ETA %s  ",
-                 phase_name (progress->phase), bar, progress->step, progress->steps,
-                 progress->loss_total, progress->loss_hard, progress->loss_ae, progress->loss_stae,
-                 elapsed, eta);
-      else
-        fprintf (stderr, "\r%-18s [%s] %d/%d %s  ", phase_name (progress->phase), bar,
-                 progress->step, progress->steps, elapsed);
-      if (last)
-        fputc ('\n', stderr);
-      return;
-    }
-  if ((training && (progress->step % reporter->log_every == 0 || last)) || (!training && last))
-    {
-      if (training)
-        printf ("step %d/%d loss %.5f (hard %.5f penalty %.5f ae %.5f stae %.5f) elapsed %.0f s, ETA %.0f s\n",
-                progress->step, progress->steps, progress->loss_total, progress->loss_hard,
-                progress->loss_penalty, progress->loss_ae, progress->loss_stae,
-                progress->elapsed_s, progress->eta_s);
-      else
-        printf ("%s: %d images, %.1f s\n", phase_name (progress->phase), progress->steps,
-                progress->elapsed_s);
-      fflush (stdout);
-    }
+  else
+    ead_cli_progress_pass (user_data, phase_name (progress->phase), "images", progress->step,
+                           progress->steps, progress->elapsed_s, progress->eta_s);
 }
 
 /* The teacher: a given bundle, else the bundled default teacher of the architecture,
@@ -210,7 +154,7 @@ ead_cmd_train (int argc, char **argv)
     { "resume", 0, 0, G_OPTION_ARG_NONE, &resume, "Continue from the last checkpoint", NULL },
     { "strict", 0, 0, G_OPTION_ARG_NONE, &strict, "Refuse unreadable images instead of skipping them", NULL },
     { "log-every", 0, 0, G_OPTION_ARG_INT, &log_every,
-      "Steps between progress lines when not on a terminal (default 100)", "N" },
+      "Steps between progress lines (mean losses of those steps) when not on a terminal (default 100)", "N" },
     { "json", 0, 0, G_OPTION_ARG_NONE, &json, "JSON events on stdout, one per line", NULL },
     { "out", 'o', 0, G_OPTION_ARG_FILENAME, &out, "The trained model bundle to write", "BUNDLE" },
     G_OPTION_ENTRY_NULL
@@ -224,7 +168,7 @@ ead_cmd_train (int argc, char **argv)
   g_autofree char *checkpoint = NULL;
   EadDatasetOptions data_options = { 0 };
   EadTrainOptions options;
-  Reporter reporter = { 0 };
+  EadCliProgress reporter;
   EadArch arch = EAD_ARCH_SMALL;
   int exit_code;
   gint64 start = g_get_monotonic_time ();
@@ -308,9 +252,7 @@ ead_cmd_train (int argc, char **argv)
     }
   ead_cli_note_precision ("train", precision, ead_trainer_get_backend (trainer));
 
-  reporter.json = json;
-  reporter.terminal = !json && isatty (STDERR_FILENO);
-  reporter.log_every = log_every;
+  ead_cli_progress_init (&reporter, json, log_every);
   if (!json)
     printf ("training %s on %u images (%u for validation) from %s, %d steps, %s\n",
             ead_arch_name (arch), data->train->len, data->validation->len, data->root, steps,
@@ -324,8 +266,7 @@ ead_cmd_train (int argc, char **argv)
     {
       gboolean cancelled = g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
 
-      if (reporter.terminal)
-        fputc ('\n', stderr);
+      ead_cli_progress_interrupted (&reporter);
       ead_cli_error ("train", "%s%s", error->message,
                      cancelled ? "; continue with --resume" : "");
       return cancelled ? 130 : EAD_EXIT_FAILURE;

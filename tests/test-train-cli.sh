@@ -123,6 +123,23 @@ else
   show "$TMP/cmp"
 fi
 
+# --json progress events give the mean loss of the steps since the previous event: the
+# mean of the events at steps 3 and 6 is the mean of all 6 steps, which the bundle records
+"$EAD" train --data "$DATA" --steps 6 --threads 2 --checkpoint-every 0 --log-every 3 --json \
+  --out "$TMP/j.ead.safetensors" >"$TMP/j.json" 2>"$TMP/err"
+events=$(grep -c '"phase":"training"' "$TMP/j.json")
+mean=$(grep '"phase":"training"' "$TMP/j.json" | sed 's/.*"loss":\([^,]*\),.*/\1/' \
+  | awk '{ s += $1; n++ } END { if (n) printf "%.9g", s / n }')
+final=$("$EAD" info --json "$TMP/j.ead.safetensors" | tr -d ' ' \
+  | sed -n 's/.*"ead.train.loss.final":"\([^"]*\)".*/\1/p')
+if [ "$events" -eq 2 ] && [ -n "$mean" ] && [ -n "$final" ] \
+  && awk -v a="$mean" -v b="$final" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-5 * b) }'; then
+  ok "progress events carry mean losses ($mean over the run, bundle $final)"
+else
+  not_ok "progress events carry mean losses (events $events, mean '$mean', bundle '$final')"
+  show "$TMP/j.json"; show "$TMP/err"
+fi
+
 # an unreadable image: reported by name, skipped; refused with --strict
 mkdir "$TMP/corrupt"
 cp "$DATA"/train/good/*.png "$TMP/corrupt/"
