@@ -396,7 +396,6 @@ teacher_pack (int argc, char **argv)
   };
   g_autoptr (GError) error = NULL;
   g_autoptr (EadModel) model = NULL;
-  g_autoptr (EadModel) packed = NULL;
   int exit_code;
 
   if (!ead_cli_parse ("teacher pack", "BUNDLE",
@@ -415,15 +414,14 @@ teacher_pack (int argc, char **argv)
     }
   model = is_pretrain_checkpoint (argv[1]) ? ead_pretrain_checkpoint_teacher (argv[1], &error)
                                             : ead_bundle_read (argv[1], &error);
-  if (model == NULL || !ead_bundle_write_teacher (model, out, half, &error)
-      || !(packed = ead_bundle_read (out, &error)))
+  if (model == NULL || !ead_bundle_write_teacher (model, out, half, &error))
     {
       ead_cli_error ("teacher pack", "%s", error->message);
       return EAD_EXIT_FAILURE;
     }
   printf ("wrote %s (%s teacher, %s, sha256 %s)\n", out, ead_arch_name (model->arch),
           half ? "fp16" : "fp32",
-          (const char *) g_hash_table_lookup (packed->metadata, "ead.teacher.sha256"));
+          (const char *) g_hash_table_lookup (model->metadata, "ead.teacher.sha256"));
   return EAD_EXIT_OK;
 }
 

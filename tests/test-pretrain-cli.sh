@@ -131,7 +131,7 @@ check "ead teacher pack --half" "$EAD" teacher pack "$A" --half --out "$TMP/a16.
 size_a=$(wc -c <"$A")
 size_16=$(wc -c <"$TMP/a16.ead.safetensors")
 if [ "$size_a" -lt 12000000 ] && [ $((size_16 * 2)) -lt $((size_a + 65536)) ] \
-  && grep -q "fp16, sha256 [0-9a-f]\{64\}" "$TMP/out"; then
+  && grep -q "fp16, sha256 $("$EAD" info --json "$TMP/a16.ead.safetensors" | grep -o '"ead.teacher.sha256" *: *"[0-9a-f]*"' | grep -o '[0-9a-f]\{64\}'))" "$TMP/out"; then
   ok "a teacher bundle holds the teacher only ($size_a bytes), half as much in fp16 ($size_16)"
 else
   not_ok "a teacher bundle holds the teacher only ($size_a bytes), half as much in fp16 ($size_16)"
@@ -143,14 +143,18 @@ refuses "a teacher is not a model for ead infer" "train a model with it first (e
   "$EAD" infer --model "$TMP/a16.ead.safetensors" "$IMAGES"
 if [ -f "$TMP/interrupted.checkpoint" ]; then
   check "ead teacher pack of a running distillation's checkpoint" \
-    "$EAD" teacher pack "$TMP/interrupted.checkpoint" --out "$TMP/ckpt.ead.safetensors"
+    "$EAD" teacher pack "$TMP/interrupted.checkpoint" --half --out "$TMP/ckpt.ead.safetensors"
   "$EAD" info "$TMP/ckpt.ead.safetensors" >"$TMP/out" 2>&1
   grep -q "^  teacher      ead teacher pretrain checkpoint at step $step (pretrain efficientad-s " "$TMP/out" \
     && ok "the checkpoint's teacher names its step" || { not_ok "the checkpoint's teacher names its step"; show "$TMP/out"; }
   # no schedule depends on --steps: a run of $step steps ends where the checkpoint stood
   "$EAD" teacher pretrain --backbone "$BACKBONE" --images "$IMAGES" --steps "$step" --batch 1 \
-    --stats-images 1 --checkpoint-every 0 --threads 2 --out "$TMP/short.ead.safetensors" >/dev/null 2>&1
+    --stats-images 1 --checkpoint-every 0 --threads 2 --half --out "$TMP/short.ead.safetensors" \
+    >"$TMP/short.out" 2>&1
   short=$("$EAD" info --json "$TMP/short.ead.safetensors" | grep -o '"ead.teacher.sha256" *: *"[0-9a-f]*"' | grep -o '[0-9a-f]\{64\}')
+  [ -n "$short" ] && grep -q "sha256 $short)" "$TMP/short.out" \
+    && ok "pretrain --half prints the digest of the teacher as stored" \
+    || { not_ok "pretrain --half prints the digest of the teacher as stored ($short)"; show "$TMP/short.out"; }
   packed=$("$EAD" info --json "$TMP/ckpt.ead.safetensors" | grep -o '"ead.teacher.sha256" *: *"[0-9a-f]*"' | grep -o '[0-9a-f]\{64\}')
   [ -n "$short" ] && [ "$short" = "$packed" ] \
     && ok "the checkpoint's teacher is the teacher of a $step-step run" \

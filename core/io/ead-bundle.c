@@ -413,7 +413,7 @@ round_to_half (const EadNet *net)
 }
 
 gboolean
-ead_bundle_write_teacher (const EadModel *model, const char *path, gboolean half,
+ead_bundle_write_teacher (EadModel *model, const char *path, gboolean half,
                           GError **error)
 {
   g_autoptr(EadSafetensorsWriter) writer = NULL;
@@ -426,7 +426,7 @@ ead_bundle_write_teacher (const EadModel *model, const char *path, gboolean half
   g_return_val_if_fail (path != NULL, FALSE);
 
   /* a weight that fp16 cannot hold, or no number at all, is refused, not stored as inf */
-  slots = model_slots ((EadModel *) model, TRUE);
+  slots = model_slots (model, TRUE);
   for (guint i = 0; i < slots->len; i++)
     {
       const Slot *slot = &g_array_index (slots, Slot, i);
@@ -448,6 +448,7 @@ ead_bundle_write_teacher (const EadModel *model, const char *path, gboolean half
   if (half)
     stored.teacher = rounded = round_to_half (model->teacher);
   digest = ead_net_digest (stored.teacher);
+  g_hash_table_insert (model->metadata, g_strdup ("ead.teacher.sha256"), g_strdup (digest));
   writer = ead_safetensors_writer_new ();
   set_bundle_metadata (writer, model);
   ead_safetensors_writer_set_metadata (writer, EAD_MODEL_KEY_CONTENT, EAD_MODEL_CONTENT_TEACHER);

@@ -47,8 +47,10 @@ gboolean ead_bundle_write (const EadModel *model, const char *path, GError **err
  * keeps that key (ead_model_is_teacher_only).  With half, the weights are stored as F16
  * (half the size; a weight that fp16 cannot hold is refused, EAD_ERROR_INVALID).  Written
  * atomically as ead_bundle_write; the model's quantiles and input size are recorded as
- * they are, ead.teacher.sha256 is the digest of the teacher as stored (after rounding). */
-gboolean ead_bundle_write_teacher (const EadModel *model, const char *path, gboolean half,
+ * they are; ead.teacher.sha256 is the digest of the teacher as stored (after rounding),
+ * and the model's metadata gets that digest too, so that what a caller prints matches
+ * the file. */
+gboolean ead_bundle_write_teacher (EadModel *model, const char *path, gboolean half,
                                    GError **error);
 
 /* What `ead info` shows, from the header alone (the tensors are not read or checked
