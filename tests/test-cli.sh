@@ -4,32 +4,9 @@
 # input refused with a message that names the file, a non-zero exit code and no crash.
 # Output: TAP.
 set -u
+. "$(dirname "$0")/cli-lib.sh"
 EAD=$1
 FIX=${EAD_TEST_FIXTURES:?}/cli
-TMP=$(mktemp -d)
-trap 'chmod -R u+w "$TMP"; rm -rf "$TMP"' EXIT
-
-n=0
-failed=0
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; }
-check() { # check DESCRIPTION COMMAND...: passes when the command succeeds
-  desc=$1; shift
-  if "$@" >"$TMP/out" 2>"$TMP/err"; then ok "$desc"; else not_ok "$desc"; sed 's/^/# /' "$TMP/err"; fi
-}
-# refuses DESCRIPTION NEEDLE COMMAND...: the command must exit 1 or 2 (not crash) and
-# print NEEDLE (the file name and the problem) on stderr
-refuses() {
-  desc=$1; needle=$2; shift 2
-  "$@" >"$TMP/out" 2>"$TMP/err"
-  code=$?
-  if [ "$code" -ge 1 ] && [ "$code" -le 2 ] && grep -q -- "$needle" "$TMP/err"; then
-    ok "$desc"
-  else
-    not_ok "$desc (exit $code)"
-    sed 's/^/# /' "$TMP/err"
-  fi
-}
 
 for cmd in "model new" info infer bench; do
   # shellcheck disable=SC2086
@@ -233,5 +210,4 @@ else
   echo "# this CPU has no AVX512-BF16: the bf16 runs are skipped"
 fi
 
-echo "1..$n"
-[ "$failed" -eq 0 ]
+tap_end

@@ -7,38 +7,11 @@
 # unknown layer and missing options are refused with a clear message, exit code 1 or 2, and
 # no GLib warning.  Output: TAP.
 set -u
+. "$(dirname "$0")/cli-lib.sh"
 EAD=$1
 BACKBONE=$EAD_TEST_FIXTURES/pretrain/backbone.pth
 NOT_RESNET=$EAD_TEST_FIXTURES/pth/tiny-s-nelson.pth
-TMP=$(mktemp -d)
-pid=
-trap '[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$TMP"' EXIT
 
-n=0
-failed=0
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; }
-show() { sed 's/^/# /' "$1"; }
-glib_clean() { ! grep -q -e "-CRITICAL" -e "-WARNING" -e "GLib" "$1"; }
-check() { # check DESCRIPTION COMMAND...: passes when the command succeeds
-  desc=$1; shift
-  if "$@" >"$TMP/out" 2>"$TMP/err" && glib_clean "$TMP/err"; then ok "$desc"; else not_ok "$desc"; show "$TMP/err"; fi
-}
-refuses() { # refuses DESCRIPTION NEEDLE COMMAND...: exit 1 or 2 with NEEDLE on stderr
-  desc=$1; needle=$2; shift 2
-  "$@" >"$TMP/out" 2>"$TMP/err"
-  code=$?
-  if [ "$code" -ge 1 ] && [ "$code" -le 2 ] && grep -q -- "$needle" "$TMP/err" && glib_clean "$TMP/err"; then
-    ok "$desc"
-  else
-    not_ok "$desc (exit $code)"
-    show "$TMP/err"
-  fi
-}
-checkpoint_step() {
-  [ -f "$1" ] || return 0
-  head -c 65536 "$1" | tr -d ' \n' | grep -ao '"ead.checkpoint.step":"[0-9]*"' | tr -dc '0-9'
-}
 # same_but_command A B: two bundles hold the same bytes but for the command each records:
 # the tensors byte for byte, and the JSON headers without ead.pretrain.command and the
 # padding (FILE.header and FILE.data are left next to each)
@@ -53,17 +26,6 @@ same_but_command() {
     sed -e 's/"ead.pretrain.command":"[^"]*",\{0,1\}//' -e 's/ *$//' "$f.header" >"$f.rest"
   done
   cmp "$1.rest" "$2.rest"
-}
-wait_step() { # wait_step FILE MIN: up to 2 minutes for checkpoint FILE to hold a step >= MIN
-  tries=0
-  while [ "$tries" -lt 600 ]; do
-    step=$(checkpoint_step "$1")
-    if [ -n "$step" ] && [ "$step" -ge "$2" ]; then return 0; fi
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.2
-    tries=$((tries + 1))
-  done
-  return 1
 }
 
 check "demo images" "$EAD" demo --scenes surface --train 10 --test-good 1 --test-defect 1 "$TMP/demo"
@@ -182,5 +144,4 @@ refuses "no --out" "expected --backbone FILE.pth, --images DIR and --out BUNDLE"
   "$EAD" teacher pretrain --backbone "$BACKBONE" --images "$IMAGES"
 [ ! -e "$TMP/e.ead.safetensors" ] && ok "no bundle from a refused run" || not_ok "no bundle from a refused run"
 
-echo "1..$n"
-[ "$failed" -eq 0 ]
+tap_end

@@ -8,36 +8,10 @@
 # EAD_TEST_CRASH_IMAGES changes the size of the crash run (default 1000).
 # Output: TAP.
 set -u
+. "$(dirname "$0")/cli-lib.sh"
 EAD=$1
 N=${EAD_TEST_CRASH_IMAGES:-1000}
-TMP=$(mktemp -d)
-pid=
-trap '[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$TMP"' EXIT
 
-n=0
-failed=0
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; }
-show() { sed 's/^/# /' "$1"; }
-# glib_clean FILE: no GLib critical or warning (an internal error, not a message for users)
-glib_clean() { ! grep -q -e "-CRITICAL" -e "-WARNING" -e "GLib" "$1"; }
-check() { # check DESCRIPTION COMMAND...: passes when the command succeeds
-  desc=$1; shift
-  if "$@" >"$TMP/out" 2>"$TMP/err" && glib_clean "$TMP/err"; then ok "$desc"; else not_ok "$desc"; show "$TMP/err"; fi
-}
-# refuses DESCRIPTION NEEDLE COMMAND...: the command must exit 1 or 2 (not crash) and
-# print NEEDLE on stderr
-refuses() {
-  desc=$1; needle=$2; shift 2
-  "$@" >"$TMP/out" 2>"$TMP/err"
-  code=$?
-  if [ "$code" -ge 1 ] && [ "$code" -le 2 ] && grep -q -- "$needle" "$TMP/err" && glib_clean "$TMP/err"; then
-    ok "$desc"
-  else
-    not_ok "$desc (exit $code)"
-    show "$TMP/err"
-  fi
-}
 # json_int FILE KEY: the first integer member KEY of the pretty JSON in FILE
 json_int() { grep -o "\"$2\" : [0-9]*" "$1" | head -n 1 | tr -dc '0-9'; }
 # done_now PROJECT: images the newest run has scored or failed (`ead runs --json`)
@@ -249,5 +223,4 @@ else
   echo "# pdftoppm is not installed (poppler-utils): the PDF was not rendered"
 fi
 
-echo "1..$n"
-[ "$failed" -eq 0 ]
+tap_end

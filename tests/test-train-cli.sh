@@ -6,52 +6,8 @@
 # input are refused with a clear message, exit code 1 or 2, and no GLib warning.
 # Output: TAP.
 set -u
+. "$(dirname "$0")/cli-lib.sh"
 EAD=$1
-TMP=$(mktemp -d)
-pid=
-trap '[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$TMP"' EXIT
-
-n=0
-failed=0
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; }
-show() { sed 's/^/# /' "$1"; }
-# glib_clean FILE: no GLib critical or warning (an internal error, not a message for users)
-glib_clean() { ! grep -q -e "-CRITICAL" -e "-WARNING" -e "GLib" "$1"; }
-check() { # check DESCRIPTION COMMAND...: passes when the command succeeds
-  desc=$1; shift
-  if "$@" >"$TMP/out" 2>"$TMP/err" && glib_clean "$TMP/err"; then ok "$desc"; else not_ok "$desc"; show "$TMP/err"; fi
-}
-# refuses DESCRIPTION NEEDLE COMMAND...: the command must exit 1 or 2 (not crash) and
-# print NEEDLE on stderr
-refuses() {
-  desc=$1; needle=$2; shift 2
-  "$@" >"$TMP/out" 2>"$TMP/err"
-  code=$?
-  if [ "$code" -ge 1 ] && [ "$code" -le 2 ] && grep -q -- "$needle" "$TMP/err" && glib_clean "$TMP/err"; then
-    ok "$desc"
-  else
-    not_ok "$desc (exit $code)"
-    show "$TMP/err"
-  fi
-}
-# The step a checkpoint holds, from its safetensors header ("" when there is none).
-checkpoint_step() {
-  [ -f "$1" ] || return 0
-  head -c 65536 "$1" | tr -d ' \n' | grep -ao '"ead.checkpoint.step":"[0-9]*"' | tr -dc '0-9'
-}
-# wait_step FILE MIN: waits (up to 3 minutes) until checkpoint FILE holds a step >= MIN
-wait_step() {
-  tries=0
-  while [ "$tries" -lt 900 ]; do
-    step=$(checkpoint_step "$1")
-    if [ -n "$step" ] && [ "$step" -ge "$2" ]; then return 0; fi
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.2
-    tries=$((tries + 1))
-  done
-  return 1
-}
 
 check "demo dataset" "$EAD" demo --scenes surface --train 14 --test-good 2 --test-defect 1 "$TMP/demo"
 DATA=$TMP/demo/surface
@@ -172,5 +128,4 @@ refuses "--input-size 128" "input-size 128" \
   "$EAD" train --data "$DATA" --input-size 128 --steps 1 --threads 2 --out "$TMP/e.ead.safetensors"
 [ ! -e "$TMP/e.ead.safetensors" ] && ok "no bundle from a refused run" || not_ok "no bundle from a refused run"
 
-echo "1..$n"
-[ "$failed" -eq 0 ]
+tap_end
