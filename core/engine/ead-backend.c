@@ -119,6 +119,20 @@ ead_backend_get (const char *device, GError **error)
   return ead_backend_cpu ();
 }
 
+EadBackend *
+ead_backend_get_for_training (const char *device, GError **error)
+{
+  EadBackend *backend = ead_backend_get (device, error);
+
+  if (backend != NULL && backend->train_compile == NULL)
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_UNSUPPORTED, "the %s backend cannot train",
+                   backend->name);
+      return NULL;
+    }
+  return backend;
+}
+
 GMutex *
 ead_backend_compile_mutex (void)
 {

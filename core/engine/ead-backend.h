@@ -144,4 +144,8 @@ EadBackend *ead_backend_cpu (void);
  * An explicit "cuda" that is not available is an error naming the reason. */
 EadBackend *ead_backend_get (const char *device, GError **error);
 
+/* ead_backend_get, for training: refuses (EAD_ERROR_UNSUPPORTED) a backend that has no
+ * training passes. */
+EadBackend *ead_backend_get_for_training (const char *device, GError **error);
+
 G_END_DECLS

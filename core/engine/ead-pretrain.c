@@ -476,15 +476,9 @@ ead_pretrainer_new (const EadBackbone *backbone,
       pretrainer->backbone_sha256 = g_strdup ("unknown");
     }
 
-  backend = ead_backend_get (pretrainer->device, error);
+  backend = ead_backend_get_for_training (pretrainer->device, error);
   if (backend == NULL)
     return NULL;
-  if (backend->train_compile == NULL)
-    {
-      g_set_error (error, EAD_ERROR, EAD_ERROR_UNSUPPORTED, "the %s backend cannot train",
-                   backend->name);
-      return NULL;
-    }
   pretrainer->backend = backend;
   /* the settings hold for the compiles below: the backbone's and the PDN's */
   locker = g_mutex_locker_new (ead_backend_compile_mutex ());

@@ -149,15 +149,9 @@ ead_trainer_new (const EadModel *teacher,
   source = g_hash_table_lookup (teacher->metadata, "ead.teacher.source");
   trainer->teacher_source = g_strdup (source ? source : "unknown");
 
-  backend = ead_backend_get (trainer->device, error);
+  backend = ead_backend_get_for_training (trainer->device, error);
   if (backend == NULL)
     return NULL;
-  if (backend->train_compile == NULL)
-    {
-      g_set_error (error, EAD_ERROR, EAD_ERROR_UNSUPPORTED, "the %s backend cannot train",
-                   backend->name);
-      return NULL;
-    }
   trainer->backend = backend;
   locker = g_mutex_locker_new (ead_backend_compile_mutex ());
   backend->set_threads (backend, options->threads);
