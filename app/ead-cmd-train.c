@@ -6,7 +6,6 @@
 #include <glib/gstdio.h>
 #include <signal.h>
 #include <stdio.h>
-#include <unistd.h>
 
 #include "ead-bundle.h"
 #include "ead-cli.h"
