@@ -2,6 +2,7 @@
  * test split of an MVTec AD category (spec §8), at each image's own resolution. */
 #include "config.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -18,8 +19,24 @@ typedef struct {
   char *defect;     /* the test/ subfolder: "good" or the defect kind */
   char *mask_path;  /* NULL: no ground truth (all good) */
   gboolean anomalous;
+  int kind;         /* index of the defect kind, -1 for good */
   float score;
 } TestImage;
+
+/* One defect kind: its images against every good image. */
+typedef struct {
+  const char *name;  /* the test/ subfolder, owned by its images */
+  EadPixelMetrics *pixels;
+  double image_auroc, pixel_auroc, aupro;
+} DefectKind;
+
+static void
+defect_kind_clear (gpointer data)
+{
+  DefectKind *kind = data;
+
+  g_clear_pointer (&kind->pixels, ead_pixel_metrics_free);
+}
 
 static void
 test_image_clear (gpointer data)
@@ -112,10 +129,11 @@ list_test_split (const char *root, GError **error)
   return g_steal_pointer (&images);
 }
 
-/* Scores one test image and adds its map and mask to the pixel metrics. */
+/* Scores one test image and adds its map and mask to the pixel metrics: all of them, and
+ * those of its defect kind (a good image: of every kind). */
 static gboolean
-evaluate_image (EadDetector *detector, TestImage *test, EadPixelMetrics *pixels, float *input,
-                GError **error)
+evaluate_image (EadDetector *detector, TestImage *test, EadPixelMetrics *pixels,
+                GArray *kinds, float *input, GError **error)
 {
   g_autoptr (EadImage) image = ead_image_load (test->path, 0, error);
   g_autoptr (EadImage) resized = NULL;
@@ -152,7 +170,30 @@ evaluate_image (EadDetector *detector, TestImage *test, EadPixelMetrics *pixels,
   full = g_new (float, n);
   test->score = ead_detector_full_map (detector, 0, image->height, image->width, full);
   ead_pixel_metrics_add (pixels, full, labels, image->width, image->height);
+  for (guint k = 0; k < kinds->len; k++)
+    if (test->kind < 0 || test->kind == (int) k)
+      ead_pixel_metrics_add (g_array_index (kinds, DefectKind, k).pixels, full, labels,
+                             image->width, image->height);
   return TRUE;
+}
+
+/* A metric that may be missing (NAN): null in JSON, "-" in text. */
+static void
+add_metric (JsonBuilder *builder, double value)
+{
+  if (isnan (value))
+    json_builder_add_null_value (builder);
+  else
+    json_builder_add_double_value (builder, value);
+}
+
+static const char *
+format_metric (double value, char text[16])
+{
+  if (isnan (value))
+    return "-";
+  g_snprintf (text, 16, "%.4f", value);
+  return text;
 }
 
 int
@@ -181,17 +222,19 @@ ead_cmd_eval (int argc, char **argv)
   g_autofree float *input = NULL;
   g_autofree float *scores = NULL;
   g_autofree guint8 *labels = NULL;
-  g_autoptr (GPtrArray) defect_kinds = g_ptr_array_new ();
+  g_autoptr (GArray) kinds = g_array_new (FALSE, TRUE, sizeof (DefectKind));
   EadDetectorOptions options = { 1, 0, NULL };
-  double image_auroc, pixel_auroc, aupro, f1;
-  float f1_threshold;
+  double image_auroc, pixel_auroc = NAN, aupro = NAN, f1 = NAN;
+  float f1_threshold = 0;
   int exit_code;
   gint64 start = g_get_monotonic_time ();
 
   if (!ead_cli_parse ("eval", "",
                       "Evaluate a model on the test split of an MVTec AD category: image\n"
                       "AU-ROC, pixel AU-ROC, AU-PRO up to FPR 0.3 and F1-max, with the maps at\n"
-                      "each image's own resolution (the MVTec AD evaluator's convention).",
+                      "each image's own resolution (the MVTec AD evaluator's convention); then\n"
+                      "the image and pixel AU-ROC and AU-PRO of each defect kind (its images\n"
+                      "against all good test images).",
                       entries, &argc, &argv, &exit_code))
     return exit_code;
   if (!ead_cli_parse_precision ("eval", precision_text, &options.precision))
@@ -222,6 +265,26 @@ ead_cmd_eval (int argc, char **argv)
       return EAD_EXIT_FAILURE;
     }
   ead_cli_note_precision ("eval", options.precision, ead_detector_get_backend (detector));
+  g_array_set_clear_func (kinds, defect_kind_clear);
+  for (guint i = 0; i < tests->len; i++)
+    {
+      TestImage *test = &g_array_index (tests, TestImage, i);
+      DefectKind kind = { test->defect, ead_pixel_metrics_new () };
+
+      test->kind = -1;
+      if (!test->anomalous)
+        {
+          ead_pixel_metrics_free (kind.pixels);
+          continue;
+        }
+      /* the images of a kind are listed together */
+      if (kinds->len == 0
+          || !g_str_equal (g_array_index (kinds, DefectKind, kinds->len - 1).name, test->defect))
+        g_array_append_val (kinds, kind);
+      else
+        ead_pixel_metrics_free (kind.pixels);
+      test->kind = kinds->len - 1;
+    }
   input = g_new (float, (size_t) 3 * model->input_height * model->input_width);
   scores = g_new (float, tests->len);
   labels = g_new (guint8, tests->len);
@@ -229,23 +292,41 @@ ead_cmd_eval (int argc, char **argv)
     {
       TestImage *test = &g_array_index (tests, TestImage, i);
 
-      if (!evaluate_image (detector, test, pixels, input, &error))
+      if (!evaluate_image (detector, test, pixels, kinds, input, &error))
         {
           ead_cli_error ("eval", "%s", error->message);
           return EAD_EXIT_FAILURE;
         }
       scores[i] = test->score;
       labels[i] = test->anomalous;
-      if (test->anomalous && (defect_kinds->len == 0
-                              || !g_str_equal (g_ptr_array_index (defect_kinds, defect_kinds->len - 1),
-                                               test->defect)))
-        g_ptr_array_add (defect_kinds, test->defect);
     }
   image_auroc = ead_metric_auroc (scores, labels, tests->len, &error);
   if (error == NULL)
     f1 = ead_metric_f1_max (scores, labels, tests->len, &f1_threshold, &error);
   if (error == NULL)
     ead_pixel_metrics_compute (pixels, 0.3, &pixel_auroc, &aupro, &error);
+  for (guint k = 0; k < kinds->len && error == NULL; k++)
+    {
+      DefectKind *kind = &g_array_index (kinds, DefectKind, k);
+      g_autofree float *s = g_new (float, tests->len);
+      g_autofree guint8 *l = g_new (guint8, tests->len);
+      size_t n = 0;
+
+      for (guint i = 0; i < tests->len; i++)
+        {
+          TestImage *test = &g_array_index (tests, TestImage, i);
+          if (test->kind < 0 || test->kind == (int) k)
+            {
+              s[n] = test->score;
+              l[n++] = test->anomalous;
+            }
+        }
+      kind->image_auroc = ead_metric_auroc (s, l, n, &error);
+      /* A kind without masks has no pixel metrics; every other failure the pooled metrics
+       * above have reported already. */
+      if (!ead_pixel_metrics_compute (kind->pixels, 0.3, &kind->pixel_auroc, &kind->aupro, NULL))
+        kind->pixel_auroc = kind->aupro = NAN;
+    }
   if (error != NULL)
     {
       ead_cli_error ("eval", "%s: %s", data_dir, error->message);
@@ -272,6 +353,23 @@ ead_cmd_eval (int argc, char **argv)
       json_builder_add_double_value (builder, f1);
       json_builder_set_member_name (builder, "f1_threshold");
       json_builder_add_double_value (builder, f1_threshold);
+      json_builder_set_member_name (builder, "defects");
+      json_builder_begin_array (builder);
+      for (guint k = 0; k < kinds->len; k++)
+        {
+          DefectKind *kind = &g_array_index (kinds, DefectKind, k);
+          json_builder_begin_object (builder);
+          json_builder_set_member_name (builder, "class");
+          json_builder_add_string_value (builder, kind->name);
+          json_builder_set_member_name (builder, "image_auroc");
+          json_builder_add_double_value (builder, kind->image_auroc);
+          json_builder_set_member_name (builder, "pixel_auroc");
+          add_metric (builder, kind->pixel_auroc);
+          json_builder_set_member_name (builder, "aupro_30");
+          add_metric (builder, kind->aupro);
+          json_builder_end_object (builder);
+        }
+      json_builder_end_array (builder);
       json_builder_set_member_name (builder, "images");
       json_builder_begin_array (builder);
       for (guint i = 0; i < tests->len; i++)
@@ -302,25 +400,16 @@ ead_cmd_eval (int argc, char **argv)
   printf ("  pixel AU-ROC    %.4f\n", pixel_auroc);
   printf ("  AU-PRO (0.3)    %.4f\n", aupro);
   printf ("  F1-max          %.4f at threshold %.4g\n", f1, f1_threshold);
-  for (guint d = 0; d < defect_kinds->len; d++)
+  if (kinds->len > 0)
+    printf ("  each defect kind against the good images:\n"
+            "  %-17s %9s %9s %9s\n", "", "image", "pixel", "AU-PRO");
+  for (guint k = 0; k < kinds->len; k++)
     {
-      const char *kind = defect_kinds->pdata[d];
-      g_autofree float *s = g_new (float, tests->len);
-      g_autofree guint8 *l = g_new (guint8, tests->len);
-      size_t n = 0;
-      double auroc;
+      DefectKind *kind = &g_array_index (kinds, DefectKind, k);
+      char pixel_text[16], aupro_text[16];
 
-      for (guint i = 0; i < tests->len; i++)
-        {
-          TestImage *test = &g_array_index (tests, TestImage, i);
-          if (!test->anomalous || g_str_equal (test->defect, kind))
-            {
-              s[n] = test->score;
-              l[n++] = test->anomalous;
-            }
-        }
-      auroc = ead_metric_auroc (s, l, n, NULL);
-      printf ("  %-15s image AU-ROC vs good %.4f\n", kind, auroc);
+      printf ("  %-17s %9.4f %9s %9s\n", kind->name, kind->image_auroc,
+              format_metric (kind->pixel_auroc, pixel_text), format_metric (kind->aupro, aupro_text));
     }
   return EAD_EXIT_OK;
 }

@@ -3,7 +3,8 @@
 # with SIGINT (exit 130, checkpoint written) and resumed again writes the same bundle, byte
 # for byte, as an uninterrupted run; an unreadable image is reported by name and skipped
 # (or refused with --strict); an empty folder, too few images and a too small network
-# input are refused with a clear message, exit code 1 or 2, and no GLib warning.
+# input are refused with a clear message, exit code 1 or 2, and no GLib warning.  `ead eval`
+# reports every defect kind, whose metrics are the pooled ones when it is the only kind.
 # Output: TAP.
 set -u
 . "$(dirname "$0")/cli-lib.sh"
@@ -127,5 +128,33 @@ refuses "9 images" "9 readable images; training needs at least 10" \
 refuses "--input-size 128" "input-size 128" \
   "$EAD" train --data "$DATA" --input-size 128 --steps 1 --threads 2 --out "$TMP/e.ead.safetensors"
 [ ! -e "$TMP/e.ead.safetensors" ] && ok "no bundle from a refused run" || not_ok "no bundle from a refused run"
+
+# ead eval: the pooled metrics and each defect kind's (its images against the good ones)
+check "eval" "$EAD" eval --model "$A" --data "$DATA" --threads 2
+kinds=$(sed -n '/each defect kind/,$p' "$TMP/out" | awk 'NF == 4 && $2 ~ /^[0-9.]+$/ {print $1}' | tr '\n' ' ')
+[ "$kinds" = "crack missing_material scratch spot " ] && ok "eval lists every defect kind with three metrics" \
+  || { not_ok "eval lists every defect kind with three metrics ($kinds)"; show "$TMP/out"; }
+# with one defect kind the kind's metrics are the pooled ones
+mkdir -p "$TMP/one/test" "$TMP/one/ground_truth"
+cp -r "$DATA/test/good" "$DATA/test/spot" "$TMP/one/test/"
+cp -r "$DATA/ground_truth/spot" "$TMP/one/ground_truth/"
+check "eval on one defect kind" "$EAD" eval --model "$A" --data "$TMP/one" --threads 2
+pooled=$(awk '/^  image AU-ROC/ {i = $3} /^  pixel AU-ROC/ {p = $3} /^  AU-PRO/ {a = $3} END {print i, p, a}' "$TMP/out")
+spot=$(awk '$1 == "spot" {print $2, $3, $4}' "$TMP/out")
+[ -n "$spot" ] && [ "$pooled" = "$spot" ] && ok "one defect kind: its metrics are the pooled ones ($spot)" \
+  || { not_ok "one defect kind: its metrics are the pooled ones ($pooled vs $spot)"; show "$TMP/out"; }
+# a kind without masks has no pixel metrics, the others keep theirs
+rm -r "$TMP/one/ground_truth/spot"
+cp -r "$DATA/test/crack" "$TMP/one/test/" && cp -r "$DATA/ground_truth/crack" "$TMP/one/ground_truth/"
+check "eval with a kind without masks" "$EAD" eval --model "$A" --data "$TMP/one" --threads 2 --json
+grep -A4 '"class" : "spot"' "$TMP/out" | grep -q '"pixel_auroc" : null' \
+  && grep -A4 '"class" : "crack"' "$TMP/out" | grep -q '"pixel_auroc" : 0\.[0-9]' \
+  && ok "a kind without masks: pixel metrics null, the other kind's kept" \
+  || { not_ok "a kind without masks: pixel metrics null, the other kind's kept"; show "$TMP/out"; }
+refuses "eval without test/" "no test/ folder" "$EAD" eval --model "$A" --data "$TMP/one/test"
+mask=$(ls "$TMP/one/ground_truth/crack/"*_mask.png | head -n 1)
+"$EAD" demo --scenes surface --train 1 --test-good 1 --test-defect 1 --size 96 "$TMP/small" >/dev/null
+cp "$TMP/small/surface/ground_truth/crack/"*_mask.png "$mask"
+refuses "eval: a mask of another size" "the mask is 96x96" "$EAD" eval --model "$A" --data "$TMP/one"
 
 tap_end
