@@ -177,10 +177,11 @@ evaluate_image (EadDetector *detector, TestImage *test, EadPixelMetrics *pixels,
   return TRUE;
 }
 
-/* A metric that may be missing (NAN): null in JSON, "-" in text. */
+/* A member "name": value, null when the metric is missing (NAN); "-" in text. */
 static void
-add_metric (JsonBuilder *builder, double value)
+add_metric (JsonBuilder *builder, const char *name, double value)
 {
+  json_builder_set_member_name (builder, name);
   if (isnan (value))
     json_builder_add_null_value (builder);
   else
@@ -343,16 +344,11 @@ ead_cmd_eval (int argc, char **argv)
       json_builder_add_string_value (builder, bundle);
       json_builder_set_member_name (builder, "data");
       json_builder_add_string_value (builder, data_dir);
-      json_builder_set_member_name (builder, "image_auroc");
-      json_builder_add_double_value (builder, image_auroc);
-      json_builder_set_member_name (builder, "pixel_auroc");
-      json_builder_add_double_value (builder, pixel_auroc);
-      json_builder_set_member_name (builder, "aupro_30");
-      json_builder_add_double_value (builder, aupro);
-      json_builder_set_member_name (builder, "f1_max");
-      json_builder_add_double_value (builder, f1);
-      json_builder_set_member_name (builder, "f1_threshold");
-      json_builder_add_double_value (builder, f1_threshold);
+      add_metric (builder, "image_auroc", image_auroc);
+      add_metric (builder, "pixel_auroc", pixel_auroc);
+      add_metric (builder, "aupro_30", aupro);
+      add_metric (builder, "f1_max", f1);
+      add_metric (builder, "f1_threshold", f1_threshold);
       json_builder_set_member_name (builder, "defects");
       json_builder_begin_array (builder);
       for (guint k = 0; k < kinds->len; k++)
@@ -361,12 +357,9 @@ ead_cmd_eval (int argc, char **argv)
           json_builder_begin_object (builder);
           json_builder_set_member_name (builder, "class");
           json_builder_add_string_value (builder, kind->name);
-          json_builder_set_member_name (builder, "image_auroc");
-          json_builder_add_double_value (builder, kind->image_auroc);
-          json_builder_set_member_name (builder, "pixel_auroc");
-          add_metric (builder, kind->pixel_auroc);
-          json_builder_set_member_name (builder, "aupro_30");
-          add_metric (builder, kind->aupro);
+          add_metric (builder, "image_auroc", kind->image_auroc);
+          add_metric (builder, "pixel_auroc", kind->pixel_auroc);
+          add_metric (builder, "aupro_30", kind->aupro);
           json_builder_end_object (builder);
         }
       json_builder_end_array (builder);
