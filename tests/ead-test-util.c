@@ -1,5 +1,14 @@
 #include "ead-test-util.h"
 
+#include <glib/gstdio.h>
+#include <math.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ead-error.h"
+#include "ead-network.h"
+
 char *
 ead_test_fixture_path (const char *name)
 {
@@ -27,4 +36,128 @@ JsonObject *
 ead_test_fixture_root (JsonParser *parser)
 {
   return json_node_get_object (json_parser_get_root (parser));
+}
+
+float *
+ead_test_fixture_input (JsonObject *root, const char *name, size_t count)
+{
+  guint64 key = ead_random_key (json_object_get_int_member (root, "seed"), name);
+  float low = (float) json_object_get_double_member (root, "input_low");
+  float span = (float) json_object_get_double_member (root, "input_span");
+  float *data = g_new (float, count);
+
+  for (size_t i = 0; i < count; i++)
+    data[i] = low + span * ead_random_uniform (key, i);
+  return data;
+}
+
+double
+ead_test_check_steps (JsonObject *record, const float *before, const float *after, double lr,
+                      const char *what)
+{
+  JsonArray *index = json_object_get_array_member (record, "index");
+  JsonArray *value = json_object_get_array_member (record, "value");
+  double worst = 0.0;
+
+  for (guint k = 0; k < json_array_get_length (index); k++)
+    {
+      gint64 at = json_array_get_int_element (index, k);
+      double step = (double) after[at] - before[at];
+      double step_t = (float) json_array_get_double_element (value, k) - (double) before[at];
+      double ulp = before[at] != 0.0f ? ldexp (1.0, ilogb (before[at]) - 23) : 0.0;
+      double error = fabs (step - step_t);
+
+      if (!(error <= 1e-3 * lr + 2.0 * ulp))
+        g_test_fail_printf ("%s: element %" G_GINT64_FORMAT " moved by %.6g, in PyTorch by %.6g",
+                            what, at, step, step_t);
+      worst = MAX (worst, error / lr);
+    }
+  return worst;
+}
+
+void
+ead_test_remove_tree (const char *path)
+{
+  GStatBuf info;
+  g_autoptr (GDir) dir = NULL;
+  const char *name;
+
+  if (g_lstat (path, &info) != 0)
+    return;
+  if (!S_ISDIR (info.st_mode))
+    {
+      g_assert_cmpint (g_unlink (path), ==, 0);
+      return;
+    }
+  g_chmod (path, 0700);
+  dir = g_dir_open (path, 0, NULL);
+  g_assert_nonnull (dir);
+  while ((name = g_dir_read_name (dir)) != NULL)
+    {
+      g_autofree char *child = g_build_filename (path, name, NULL);
+
+      ead_test_remove_tree (child);
+    }
+  g_assert_cmpint (g_rmdir (path), ==, 0);
+}
+
+gboolean
+ead_test_python_imports (const char *modules)
+{
+  g_autofree char *code = g_strconcat ("import ", modules, NULL);
+  const char *argv[] = { EAD_TEST_PYTHON, "-c", code, NULL };
+  int status = 0;
+
+  if (!g_file_test (EAD_TEST_PYTHON, G_FILE_TEST_IS_EXECUTABLE))
+    return FALSE;
+  return g_spawn_sync (NULL, (char **) argv, NULL,
+                       G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, NULL,
+                       NULL, &status, NULL)
+         && g_spawn_check_wait_status (status, NULL);
+}
+
+float *
+ead_test_read_floats (const char *dir, const char *name, size_t count)
+{
+  g_autofree char *path = g_build_filename (dir, name, NULL);
+  g_autoptr (GError) error = NULL;
+  char *contents = NULL;
+  gsize size;
+
+  g_file_get_contents (path, &contents, &size, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (size, ==, count * sizeof (float));
+  return (float *) contents;
+}
+
+void
+ead_test_assert_error (const GError *error, int code, const char *const *needles)
+{
+  g_assert_nonnull (error);
+  if (error->domain != EAD_ERROR || error->code != code)
+    g_error ("expected EAD_ERROR %d, got %s %d: %s", code, g_quark_to_string (error->domain),
+             error->code, error->message);
+  for (; *needles != NULL; needles++)
+    if (strstr (error->message, *needles) == NULL)
+      g_error ("'%s' is not in the message: %s", *needles, error->message);
+}
+
+gboolean
+ead_test_become_nobody (void)
+{
+  if (setegid (65534) != 0)
+    return FALSE;
+  if (seteuid (65534) != 0)
+    {
+      setegid (0);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+void
+ead_test_become_root (void)
+{
+  g_assert_cmpint (seteuid (0), ==, 0);
+  g_assert_cmpint (setegid (0), ==, 0);
 }

@@ -26,70 +26,11 @@
 #include "ead-error.h"
 #include "ead-torch-checkpoint.h"
 
-#define PYTHON "/usr/bin/python3"
 #define REL_TOL 1e-4
 #define ALL_LEVELS 0xf
 #define SUBSET_LEVELS 0x6  /* layer2,layer3: the levels of spec §5 */
 
 /* ---- helpers ---- */
-
-static void
-remove_tree (const char *path)
-{
-  GDir *dir = g_dir_open (path, 0, NULL);
-  const char *name;
-
-  g_assert_nonnull (dir);
-  while ((name = g_dir_read_name (dir)) != NULL)
-    {
-      g_autofree char *child = g_build_filename (path, name, NULL);
-
-      g_assert_cmpint (g_unlink (child), ==, 0);
-    }
-  g_dir_close (dir);
-  g_assert_cmpint (g_rmdir (path), ==, 0);
-}
-
-/* Fails unless the error has the code and its message contains every needle. */
-static void
-assert_error (const GError *error, int code, const char *const *needles)
-{
-  g_assert_nonnull (error);
-  if (error->domain != EAD_ERROR || error->code != code)
-    g_error ("expected EAD_ERROR %d, got %s %d: %s", code, g_quark_to_string (error->domain),
-             error->code, error->message);
-  for (; *needles != NULL; needles++)
-    if (strstr (error->message, *needles) == NULL)
-      g_error ("'%s' is not in the message: %s", *needles, error->message);
-}
-
-static gboolean
-python_has_torch (void)
-{
-  const char *argv[] = { PYTHON, "-c", "import torch, torchvision", NULL };
-  int status = 0;
-
-  if (!g_file_test (PYTHON, G_FILE_TEST_IS_EXECUTABLE))
-    return FALSE;
-  return g_spawn_sync (NULL, (char **) argv, NULL,
-                       G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, NULL,
-                       NULL, &status, NULL)
-         && g_spawn_check_wait_status (status, NULL);
-}
-
-static float *
-read_floats (const char *dir, const char *name, size_t count)
-{
-  g_autofree char *path = g_build_filename (dir, name, NULL);
-  g_autoptr (GError) error = NULL;
-  char *contents = NULL;
-  gsize size;
-
-  g_file_get_contents (path, &contents, &size, &error);
-  g_assert_no_error (error);
-  g_assert_cmpuint (size, ==, count * sizeof (float));
-  return (float *) contents;
-}
 
 /* A shape [n, c, h, w] of the manifest. */
 static void
@@ -192,7 +133,7 @@ check_model (const char *dir, JsonObject *model, const int in_shape[4], const fl
       g_assert_cmpint (shape.h, ==, want[2]);
       g_assert_cmpint (shape.w, ==, want[3]);
       count = shape_count (want);
-      expected = read_floats (dir, json_object_get_string_member (level, "file"), count);
+      expected = ead_test_read_floats (dir, json_object_get_string_member (level, "file"), count);
       for (size_t k = 0; k < count; k++)
         {
           diff = MAX (diff, fabs ((double) got[i][k] - expected[k]));
@@ -247,7 +188,7 @@ check_manifest (const char *dir)
   in = json_object_get_object_member (root, "input");
   read_shape (in, in_shape);
   g_assert_cmpint (in_shape[1], ==, 3);
-  input = read_floats (dir, json_object_get_string_member (in, "file"), shape_count (in_shape));
+  input = ead_test_read_floats (dir, json_object_get_string_member (in, "file"), shape_count (in_shape));
   ead_backend_cpu ()->set_threads (ead_backend_cpu (), 2);
   models = json_object_get_array_member (root, "models");
   g_assert_cmpuint (json_array_get_length (models), >, 0);
@@ -283,14 +224,14 @@ test_parity_torchvision (void)
   g_autoptr (GError) error = NULL;
   int status = 0;
 
-  if (!python_has_torch ())
+  if (!ead_test_python_imports ("torch, torchvision"))
     {
-      g_test_skip (PYTHON " with torch and torchvision is not available");
+      g_test_skip (EAD_TEST_PYTHON " with torch and torchvision is not available");
       return;
     }
   dir = g_dir_make_tmp ("test-backbone-XXXXXX", &error);
   g_assert_no_error (error);
-  g_ptr_array_add (argv, PYTHON);
+  g_ptr_array_add (argv, EAD_TEST_PYTHON);
   g_ptr_array_add (argv, script);
   g_ptr_array_add (argv, "torchvision");
   g_ptr_array_add (argv, dir);
@@ -308,7 +249,7 @@ test_parity_torchvision (void)
   if (!g_spawn_check_wait_status (status, NULL))
     g_error ("%s failed:\n%s", script, err);
   check_manifest (dir);
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 /* ---- levels and arguments ---- */
@@ -371,7 +312,7 @@ test_compile_refusals (void)
                                                               cases[i].width, &error);
 
       g_assert_null (exec);
-      assert_error (error, EAD_ERROR_INVALID, (const char *[]) { "tiny-basic.pth", NULL });
+      ead_test_assert_error (error, EAD_ERROR_INVALID, (const char *[]) { "tiny-basic.pth", NULL });
       g_clear_error (&error);
     }
 }
@@ -516,7 +457,7 @@ test_refusals (void)
       backbone = ead_backbone_new_from_checkpoint (checkpoint, &error);
       g_test_message ("%s", error ? error->message : "(accepted)");
       g_assert_null (backbone);
-      assert_error (error, EAD_ERROR_FORMAT, cases[i].needles);
+      ead_test_assert_error (error, EAD_ERROR_FORMAT, cases[i].needles);
       g_assert_true (g_str_has_prefix (error->message, path));
     }
 }
@@ -531,14 +472,14 @@ test_not_resnet (void)
 
   g_test_message ("%s", error ? error->message : "(accepted)");
   g_assert_null (backbone);
-  assert_error (error, EAD_ERROR_FORMAT,
+  ead_test_assert_error (error, EAD_ERROR_FORMAT,
                 (const char *[]) { "tiny-s-nelson.pth", "not the state_dict of a torchvision "
                                    "ResNet", "'0.weight', '0.bias', '3.weight'", NULL });
   g_clear_error (&error);
 
   backbone = ead_backbone_load_torchvision (missing, &error);
   g_assert_null (backbone);
-  assert_error (error, EAD_ERROR_IO, (const char *[]) { "no-such-file.pth", NULL });
+  ead_test_assert_error (error, EAD_ERROR_IO, (const char *[]) { "no-such-file.pth", NULL });
 }
 
 /* The folded weights of the stem, against the formula in double. */

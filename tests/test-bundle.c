@@ -15,8 +15,7 @@
 #include "ead-bundle.h"
 #include "ead-detector.h"
 #include "ead-error.h"
-
-#define PYTHON "/usr/bin/python3"
+#include "ead-test-util.h"
 
 /* ---- temporary directories ---- */
 
@@ -28,29 +27,6 @@ make_test_dir (void)
 
   g_assert_no_error (error);
   return dir;
-}
-
-static void
-remove_tree (const char *path)
-{
-  GDir *dir;
-  const char *name;
-
-  if (!g_file_test (path, G_FILE_TEST_IS_DIR) || g_file_test (path, G_FILE_TEST_IS_SYMLINK))
-    {
-      g_assert_cmpint (g_unlink (path), ==, 0);
-      return;
-    }
-  g_assert_cmpint (g_chmod (path, 0700), ==, 0);
-  dir = g_dir_open (path, 0, NULL);
-  g_assert_nonnull (dir);
-  while ((name = g_dir_read_name (dir)) != NULL)
-    {
-      g_autofree char *child = g_build_filename (path, name, NULL);
-      remove_tree (child);
-    }
-  g_dir_close (dir);
-  g_assert_cmpint (g_rmdir (path), ==, 0);
 }
 
 static guint
@@ -361,7 +337,7 @@ check_round_trip (EadArch arch)
                              + 2 * EAD_TEACHER_CHANNELS));
   g_assert_cmpmem (contents + 8 + header_size, 16, model->teacher->weight[0], 16);
 
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 static void
@@ -389,7 +365,7 @@ test_round_trip_defaults (void)
   g_assert_no_error (error);
   assert_models_equal (model, read);
   g_assert_cmpuint (g_hash_table_size (read->metadata), ==, 0);
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 static void
@@ -429,7 +405,7 @@ test_half_precision (void)
       g_assert_cmpfloat (read->teacher_std[c], ==, ldexpf (1.5f, c % 8 - 4));
     }
   assert_nets_equal (model->teacher, read->teacher);
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 /* Teacher bundles: the teacher's layers only, F16 with half (each weight the nearest
@@ -530,7 +506,7 @@ test_teacher_only (void)
   full = ead_bundle_read (full_path, &error);
   g_assert_no_error (error);
   g_assert_false (ead_model_is_teacher_only (full));
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 static void
@@ -559,7 +535,7 @@ test_info (void)
   g_assert_cmpstr (info->dtypes, ==, "F32");
   g_assert_cmpint (g_stat (path, &st), ==, 0);
   g_assert_cmpuint (info->file_size, ==, (guint64) st.st_size);
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 /* ---- writing ---- */
@@ -580,7 +556,7 @@ test_overwrite (void)
   g_assert_no_error (error);
   assert_models_equal (second, read);
   g_assert_cmpuint (count_entries (dir), ==, 1);
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 /* A write that fails half-way (here: over the file-size limit, as a full disk would)
@@ -615,7 +591,7 @@ test_failed_write_keeps_old (void)
   read = ead_bundle_read (path, NULL);
   g_assert_nonnull (read);
   assert_models_equal (first, read);
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 static void
@@ -654,7 +630,7 @@ test_write_errors (void)
   g_hash_table_replace (model->metadata, g_strdup ("ead.note"), g_strdup ("\xff\xfe"));
   assert_write_fails (model, invalid_path, EAD_ERROR_INVALID, "ead.note is not valid UTF-8");
   g_assert_cmpuint (count_entries (dir), ==, 1);
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 static void
@@ -672,7 +648,7 @@ test_write_read_only_dir (void)
       assert_write_fails (model, path, EAD_ERROR_IO, g_strerror (EACCES));
       g_assert_cmpuint (count_entries (dir), ==, 0);
     }
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 /* ---- reading damaged files ---- */
@@ -723,7 +699,7 @@ test_read_short_files (void)
   assert_read_fails (path, EAD_ERROR_FORMAT, "5 bytes long, too short");
   assert_read_fails (missing, EAD_ERROR_IO, g_strerror (ENOENT));
   assert_read_fails (dir, EAD_ERROR_IO, "is a directory");
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 static void
@@ -778,7 +754,7 @@ test_read_bad_headers (void)
   assert_read_fails (path, EAD_ERROR_FORMAT, "truncated: the header is said to be");
   write_bytes (path, contents, size - 1000);
   assert_read_fails (path, EAD_ERROR_FORMAT, "run past the end of the");
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 /* Each case rewrites a valid bundle with one thing wrong. */
@@ -873,7 +849,7 @@ test_read_bad_contents (void)
   raw_bundle_save (bundle, path, 0);
   assert_read_fails (path, EAD_ERROR_FORMAT, "teacher channel 200 has mean");
   raw_bundle_free (bundle);
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 /* ---- Python ---- */
@@ -908,10 +884,10 @@ static const char python_reader[] =
 static gboolean
 python_has_numpy (void)
 {
-  const char *argv[] = { PYTHON, "-c", "import numpy", NULL };
+  const char *argv[] = { EAD_TEST_PYTHON, "-c", "import numpy", NULL };
   int status = 0;
 
-  if (!g_file_test (PYTHON, G_FILE_TEST_IS_EXECUTABLE))
+  if (!g_file_test (EAD_TEST_PYTHON, G_FILE_TEST_IS_EXECUTABLE))
     return FALSE;
   return g_spawn_sync (NULL, (char **) argv, NULL,
                        G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, NULL,
@@ -931,14 +907,14 @@ test_python_reads_bundle (void)
   g_autoptr(GError) error = NULL;
   g_auto(GStrv) fields = NULL;
   char quantile[G_ASCII_DTOSTR_BUF_SIZE];
-  const char *argv[] = { PYTHON, "-c", python_reader, NULL, NULL };
+  const char *argv[] = { EAD_TEST_PYTHON, "-c", python_reader, NULL, NULL };
   size_t count;
   double sum = 0.0;
   int status = 0;
 
   if (!python_has_numpy ())
     {
-      g_test_skip (PYTHON " with numpy is not available");
+      g_test_skip (EAD_TEST_PYTHON " with numpy is not available");
       return;
     }
   dir = make_test_dir ();
@@ -965,7 +941,7 @@ test_python_reads_bundle (void)
   /* numpy sums pairwise, the loop above in order: equal to rounding */
   g_assert_cmpfloat_with_epsilon (g_ascii_strtod (fields[3], NULL), sum, 1e-9);
   g_assert_cmpfloat (fabs (sum), >, 1e-6);
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 int

@@ -13,6 +13,7 @@
 #include "ead-demo.h"
 #include "ead-error.h"
 #include "ead-image.h"
+#include "ead-test-util.h"
 
 #define TRAIN 3
 #define TEST_GOOD 2
@@ -541,24 +542,6 @@ test_errors (void)
   g_assert_null (ead_demo_defect_names ("widgets"));
 }
 
-static void
-remove_tree (const char *path)
-{
-  g_autoptr (GDir) dir = g_dir_open (path, 0, NULL);
-  const char *name;
-
-  while (dir != NULL && (name = g_dir_read_name (dir)) != NULL)
-    {
-      g_autofree char *child = g_build_filename (path, name, NULL);
-
-      if (g_file_test (child, G_FILE_TEST_IS_DIR))
-        remove_tree (child);
-      else
-        g_unlink (child);
-    }
-  g_rmdir (path);
-}
-
 int
 main (int argc, char **argv)
 {
@@ -581,7 +564,7 @@ main (int argc, char **argv)
   g_test_add_func ("/demo/errors", test_errors);
 
   status = g_test_run ();
-  remove_tree (tmp_dir);
+  ead_test_remove_tree (tmp_dir);
   g_free (first_dir);
   g_free (tmp_dir);
   return status;

@@ -21,6 +21,7 @@
 
 #include "ead-error.h"
 #include "ead-image.h"
+#include "ead-test-util.h"
 
 static char *tmp_dir;
 
@@ -1375,24 +1376,6 @@ test_heatmap (void)
   g_assert_cmpmem (flat->rgb + 9, 3, px + 15, 3);
 }
 
-static void
-remove_tree (const char *path)
-{
-  g_autoptr (GDir) dir = g_dir_open (path, 0, NULL);
-  const char *name;
-
-  while (dir != NULL && (name = g_dir_read_name (dir)) != NULL)
-    {
-      g_autofree char *child = g_build_filename (path, name, NULL);
-
-      if (g_file_test (child, G_FILE_TEST_IS_DIR))
-        remove_tree (child);
-      else
-        g_unlink (child);
-    }
-  g_rmdir (path);
-}
-
 int
 main (int argc, char **argv)
 {
@@ -1428,7 +1411,7 @@ main (int argc, char **argv)
   g_test_add_func ("/image/heatmap", test_heatmap);
 
   status = g_test_run ();
-  remove_tree (tmp_dir);
+  ead_test_remove_tree (tmp_dir);
   g_free (tmp_dir);
   return status;
 }

@@ -21,6 +21,7 @@
 #include "ead-image.h"
 #include "ead-import.h"
 #include "ead-project.h"
+#include "ead-test-util.h"
 
 static char *tmp_dir;
 
@@ -608,22 +609,6 @@ test_import_bad_files (void)
   g_assert_null (image);
 }
 
-/* Root reads files whatever their permissions say.  To see what a user sees, the import
- * runs with the effective ids of nobody and switches back afterwards (the saved
- * set-user-ID stays root's).  FALSE when this process cannot switch. */
-static gboolean
-become_nobody (void)
-{
-  if (setegid (65534) != 0)
-    return FALSE;
-  if (seteuid (65534) != 0)
-    {
-      setegid (0);
-      return FALSE;
-    }
-  return TRUE;
-}
-
 static void
 test_import_unreadable (void)
 {
@@ -645,7 +630,7 @@ test_import_unreadable (void)
     {
       g_assert_cmpint (g_chmod (tmp_dir, 0755), ==, 0);
       g_assert_cmpint (chown (project_dir, 65534, 65534), ==, 0);
-      if (!become_nobody ())
+      if (!ead_test_become_nobody ())
         {
           g_chmod (locked, 0644);
           g_test_skip ("running as root without the right to switch to another user");
@@ -791,27 +776,6 @@ test_import_errors (void)
   g_assert_cmpuint (size, >, 0);
 }
 
-static void
-remove_tree (const char *path)
-{
-  g_autoptr (GDir) dir = NULL;
-  struct stat st;
-  const char *name;
-
-  if (g_lstat (path, &st) == 0 && S_ISDIR (st.st_mode))
-    {
-      g_chmod (path, 0755);
-      dir = g_dir_open (path, 0, NULL);
-      while (dir != NULL && (name = g_dir_read_name (dir)) != NULL)
-        {
-          g_autofree char *child = g_build_filename (path, name, NULL);
-
-          remove_tree (child);
-        }
-    }
-  g_remove (path);
-}
-
 int
 main (int argc, char **argv)
 {
@@ -830,7 +794,7 @@ main (int argc, char **argv)
   g_test_add_func ("/import/again", test_import_again);
   g_test_add_func ("/import/errors", test_import_errors);
   status = g_test_run ();
-  remove_tree (tmp_dir);
+  ead_test_remove_tree (tmp_dir);
   g_free (tmp_dir);
   return status;
 }

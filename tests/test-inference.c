@@ -25,6 +25,7 @@
 #include "ead-inference.h"
 #include "ead-model.h"
 #include "ead-project.h"
+#include "ead-test-util.h"
 
 #define IMAGE_SIDE 64
 #define BATCH 4
@@ -43,28 +44,6 @@ static char *
 tmp_path (const char *name)
 {
   return g_build_filename (tmp_dir, name, NULL);
-}
-
-static void
-remove_tree (const char *path)
-{
-  GDir *dir;
-  const char *name;
-
-  if (!g_file_test (path, G_FILE_TEST_IS_DIR) || g_file_test (path, G_FILE_TEST_IS_SYMLINK))
-    {
-      g_assert_cmpint (g_unlink (path), ==, 0);
-      return;
-    }
-  dir = g_dir_open (path, 0, NULL);
-  g_assert_nonnull (dir);
-  while ((name = g_dir_read_name (dir)) != NULL)
-    {
-      g_autofree char *child = g_build_filename (path, name, NULL);
-      remove_tree (child);
-    }
-  g_dir_close (dir);
-  g_assert_cmpint (g_rmdir (path), ==, 0);
 }
 
 /* A textured picture that differs with seed (so every file has its own hash). */
@@ -564,7 +543,7 @@ main (int argc, char **argv)
   g_test_add_func ("/inference/bad-arguments", test_bad_arguments);
   status = g_test_run ();
 
-  remove_tree (tmp_dir);
+  ead_test_remove_tree (tmp_dir);
   g_free (bundle_path);
   g_free (tmp_dir);
   return status;

@@ -42,21 +42,6 @@ static const char *const case_files[] = {
 /* The case the batch test runs: the cheaper network on the non-square input. */
 #define BATCH_CASE "parity-s-256x320.json"
 
-/* The test images of make-fixtures.py: low + span * u in float32, u from the engine's
- * generator keyed by the seed and the image's name. */
-static float *
-make_input (JsonObject *root, const char *name, size_t count)
-{
-  guint64 key = ead_random_key (json_object_get_int_member (root, "seed"), name);
-  float low = (float) json_object_get_double_member (root, "input_low");
-  float span = (float) json_object_get_double_member (root, "input_span");
-  float *data = g_new (float, count);
-
-  for (size_t i = 0; i < count; i++)
-    data[i] = low + span * ead_random_uniform (key, i);
-  return data;
-}
-
 static gboolean
 within (double value, double expected, double scale)
 {
@@ -310,7 +295,7 @@ case_inputs (JsonObject *root, const guint *images, int n)
   for (int b = 0; b < n; b++)
     {
       const char *name = json_object_get_string_member (image_record (root, images[b]), "input");
-      g_autofree float *one = make_input (root, name, size);
+      g_autofree float *one = ead_test_fixture_input (root, name, size);
       memcpy (inputs + b * size, one, size * sizeof (float));
     }
   return inputs;
@@ -538,7 +523,7 @@ test_bilinear (void)
       int iw = json_object_get_int_member (c, "in_width");
       int oh = json_object_get_int_member (c, "out_height");
       int ow = json_object_get_int_member (c, "out_width");
-      g_autofree float *in = make_input (root, json_object_get_string_member (c, "input"),
+      g_autofree float *in = ead_test_fixture_input (root, json_object_get_string_member (c, "input"),
                                          (size_t) planes * ih * iw);
       g_autofree float *out = g_new (float, (size_t) planes * oh * ow);
       g_autofree char *what = g_strdup_printf ("bilinear %d x %dx%d -> %dx%d", planes, ih, iw,

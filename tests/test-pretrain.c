@@ -75,24 +75,6 @@ make_temp_dir (void)
   return dir;
 }
 
-static void
-remove_tree (const char *path)
-{
-  g_autoptr (GDir) dir = g_dir_open (path, 0, NULL);
-  const char *name;
-
-  while (dir != NULL && (name = g_dir_read_name (dir)) != NULL)
-    {
-      g_autofree char *child = g_build_filename (path, name, NULL);
-
-      if (g_file_test (child, G_FILE_TEST_IS_DIR))
-        remove_tree (child);
-      else
-        g_unlink (child);
-    }
-  g_rmdir (path);
-}
-
 /* Noise images of the given sizes (they differ, so the crops do). */
 static void
 write_images (const char *dir, int count)
@@ -365,36 +347,11 @@ step_fixture_init (StepFixture *fixture, JsonObject *root)
 static void
 step_fixture_clear (StepFixture *fixture)
 {
-  remove_tree (fixture->images);
+  ead_test_remove_tree (fixture->images);
   g_free (fixture->images);
   ead_backbone_free (fixture->backbone);
   g_free (fixture->backbone_x);
   g_free (fixture->pdn_x);
-}
-
-/* The Adam step of each sample, w' - w, against PyTorch's. */
-static double
-check_steps (JsonObject *record, const float *before, const float *after, double lr,
-             const char *what)
-{
-  JsonArray *index = json_object_get_array_member (record, "index");
-  JsonArray *value = json_object_get_array_member (record, "value");
-  double worst = 0.0;
-
-  for (guint k = 0; k < json_array_get_length (index); k++)
-    {
-      gint64 at = json_array_get_int_element (index, k);
-      double step = (double) after[at] - before[at];
-      double step_t = (float) json_array_get_double_element (value, k) - (double) before[at];
-      double ulp = before[at] != 0.0f ? ldexp (1.0, ilogb (before[at]) - 23) : 0.0;
-      double error = fabs (step - step_t);
-
-      if (!(error <= 1e-3 * lr + 2.0 * ulp))
-        g_test_fail_printf ("%s: element %" G_GINT64_FORMAT " moved by %.6g, in PyTorch by %.6g",
-                            what, at, step, step_t);
-      worst = MAX (worst, error / lr);
-    }
-  return worst;
 }
 
 static void
@@ -496,7 +453,7 @@ test_step_parity (void)
 
       g_assert_cmpuint (count, ==, count_before);
       check_record (updated, after, count, what, &weights);
-      worst_step = MAX (worst_step, check_steps (updated, was, after, lr, what));
+      worst_step = MAX (worst_step, ead_test_check_steps (updated, was, after, lr, what));
     }
   g_test_message ("distillation step vs PyTorch: Psi %.3g of max|t|, checksums %.3g; loss %.3g "
                   "relative; gradients %.3g of max|t| (%s), checksums %.3g; weights %.3g of "
@@ -823,7 +780,7 @@ test_resume (void)
     g_assert_nonnull (strstr (error->message, checkpoint));
     g_assert_nonnull (strstr (error->message, "belongs to another run"));
   }
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -934,7 +891,7 @@ test_errors (void)
     g_assert_null (model);
     assert_error_says (error, EAD_ERROR, EAD_ERROR_FORMAT, "broken.jpg");
   }
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 int

@@ -23,6 +23,7 @@
 #include "ead-project.h"
 #include "ead-report.h"
 #include "ead-threshold.h"
+#include "ead-test-util.h"
 
 #define MAP_SIDE 56
 #define THRESHOLD 0.5
@@ -59,29 +60,6 @@ static char *
 tmp_path (const char *name)
 {
   return g_build_filename (tmp_dir, name, NULL);
-}
-
-static void
-remove_tree (const char *path)
-{
-  GDir *dir;
-  const char *name;
-
-  if (!g_file_test (path, G_FILE_TEST_IS_DIR) || g_file_test (path, G_FILE_TEST_IS_SYMLINK))
-    {
-      g_assert_cmpint (g_unlink (path), ==, 0);
-      return;
-    }
-  g_assert_cmpint (g_chmod (path, 0700), ==, 0);
-  dir = g_dir_open (path, 0, NULL);
-  g_assert_nonnull (dir);
-  while ((name = g_dir_read_name (dir)) != NULL)
-    {
-      g_autofree char *child = g_build_filename (path, name, NULL);
-      remove_tree (child);
-    }
-  g_dir_close (dir);
-  g_assert_cmpint (g_rmdir (path), ==, 0);
 }
 
 static void
@@ -510,27 +488,6 @@ test_pdf (void)
   }
 }
 
-/* Root passes permission checks: the read-only case runs as nobody. */
-static gboolean
-become_nobody (void)
-{
-  if (setegid (65534) != 0)
-    return FALSE;
-  if (seteuid (65534) != 0)
-    {
-      setegid (0);
-      return FALSE;
-    }
-  return TRUE;
-}
-
-static void
-become_root (void)
-{
-  g_assert_cmpint (seteuid (0), ==, 0);
-  g_assert_cmpint (setegid (0), ==, 0);
-}
-
 static void
 assert_no_temporary_files (const char *dir)
 {
@@ -592,7 +549,7 @@ test_atomic (void)
   if (as_nobody)
     {
       g_assert_cmpint (g_chmod (tmp_dir, 0755), ==, 0);
-      if (!become_nobody ())
+      if (!ead_test_become_nobody ())
         {
           g_test_skip ("running as root without the right to switch to another user");
           return;
@@ -602,7 +559,7 @@ test_atomic (void)
     g_assert_cmpint (g_chmod (dir, 0555), ==, 0);
   ok = ead_report_write_csv (project, &options, csv, NULL, &error);
   if (as_nobody)
-    become_root ();
+    ead_test_become_root ();
   else
     g_assert_cmpint (g_chmod (dir, 0755), ==, 0);
   g_assert_false (ok);
@@ -675,7 +632,7 @@ main (int argc, char **argv)
   g_test_add_func ("/report/no-model", test_no_model);
   status = g_test_run ();
 
-  remove_tree (tmp_dir);
+  ead_test_remove_tree (tmp_dir);
   g_free (project_file);
   g_free (tmp_dir);
   return status;

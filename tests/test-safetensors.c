@@ -13,6 +13,7 @@
 
 #include "ead-error.h"
 #include "ead-safetensors.h"
+#include "ead-test-util.h"
 
 /* ---- helpers ---- */
 
@@ -24,27 +25,6 @@ make_test_dir (void)
 
   g_assert_no_error (error);
   return dir;
-}
-
-/* The test directories hold files and at most one level of empty directories. */
-static void
-remove_tree (const char *path)
-{
-  GDir *dir = g_dir_open (path, 0, NULL);
-  const char *name;
-
-  g_assert_nonnull (dir);
-  while ((name = g_dir_read_name (dir)) != NULL)
-    {
-      g_autofree char *child = g_build_filename (path, name, NULL);
-
-      if (g_file_test (child, G_FILE_TEST_IS_DIR))
-        g_assert_cmpint (g_rmdir (child), ==, 0);
-      else
-        g_assert_cmpint (g_unlink (child), ==, 0);
-    }
-  g_dir_close (dir);
-  g_assert_cmpint (g_rmdir (path), ==, 0);
 }
 
 static guint
@@ -238,7 +218,7 @@ test_round_trip (void)
   assert_tensor (file, "scalar", 0, NULL, t.scalar, 1);
   assert_tensor (file, "empty", 2, empty_shape, NULL, 0);
   assert_tensor (file, "conv", 4, conv_shape, t.conv, 8);
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 /* The bytes other readers see: padded header, sorted metadata, tensors in the order added,
@@ -302,7 +282,7 @@ test_layout (void)
   bytes_again = read_bytes (again);
   g_assert_true (g_bytes_equal (bytes, bytes_again));
   g_assert_cmpuint (count_entries (dir), ==, 2);
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 static void
@@ -345,7 +325,7 @@ test_shape_mismatch (void)
                      "student.matrix has shape [2, 3], expected [2, 3, 1]");
   assert_read_fails (file, "scalar", 1, one, "scalar has shape [], expected [1]");
   assert_read_fails (file, "adam.m.vector", 0, NULL, "adam.m.vector has shape [5], expected []");
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 static void
@@ -364,7 +344,7 @@ test_missing_tensor (void)
   g_assert_false (ead_safetensors_has (file, "adam.v.vector"));
   g_assert_null (ead_safetensors_lookup (file, "adam.v.vector"));
   assert_read_fails (file, "adam.v.vector", 1, vector_shape, "tensor adam.v.vector is missing");
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 /* F16 and BF16 as other tools write them, in a file with no "__metadata__". */
@@ -430,7 +410,7 @@ test_half_precision (void)
   g_assert_true (ead_safetensors_read (file, "f", 1, f32_shape, f, &error));
   g_assert_no_error (error);
   g_assert_cmpfloat (f[0], ==, -0.75f);
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 /* A writer without metadata still writes an (empty) "__metadata__". */
@@ -452,7 +432,7 @@ test_empty_metadata (void)
   g_assert_cmpuint (g_hash_table_size (ead_safetensors_get_metadata (file)), ==, 0);
   names = ead_safetensors_list (file);
   g_assert_cmpuint (g_strv_length (names), ==, 0);
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 static void
@@ -488,7 +468,7 @@ test_read_bad_files (void)
   assert_open_fails (path, EAD_ERROR_UNSUPPORTED, "tensor a has dtype I8");
   write_raw (path, "{\"__metadata__\": {\"k\": [1]}}", NULL, 0);
   assert_open_fails (path, EAD_ERROR_FORMAT, "metadata value of k is not a string");
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 static void
@@ -525,7 +505,7 @@ test_overwrite (void)
   g_assert_true (ead_safetensors_read (file, "only", 1, (const gint64[]) { 1 }, &read, &error));
   g_assert_no_error (error);
   g_assert_cmpfloat (read, ==, 3.0f);
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 /* Every failure leaves the file that was there byte for byte, and nothing else. */
@@ -584,7 +564,7 @@ test_failure_keeps_old (void)
 
   assert_write_fails (writer, nowhere, EAD_ERROR_IO, g_strerror (ENOENT));
   g_assert_cmpuint (count_entries (dir), ==, 2);
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 int

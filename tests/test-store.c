@@ -21,6 +21,7 @@
 #include "ead-project.h"
 #include "ead-schema.h"
 #include "ead-threshold.h"
+#include "ead-test-util.h"
 
 static char *tmp_dir;
 
@@ -794,29 +795,6 @@ test_disk_full (void)
   ead_project_close (project);
 }
 
-/* Root ignores file permissions.  To see what a user sees, the checks run with the
- * effective ids of nobody and switch back afterwards (the saved set-user-ID stays
- * root's).  FALSE when this process cannot switch. */
-static gboolean
-become_nobody (void)
-{
-  if (setegid (65534) != 0)
-    return FALSE;
-  if (seteuid (65534) != 0)
-    {
-      setegid (0);
-      return FALSE;
-    }
-  return TRUE;
-}
-
-static void
-become_root (void)
-{
-  g_assert_cmpint (seteuid (0), ==, 0);
-  g_assert_cmpint (setegid (0), ==, 0);
-}
-
 static void
 test_read_only (void)
 {
@@ -836,7 +814,7 @@ test_read_only (void)
       /* The project stays root's: to nobody it is a read-only file in a read-only
        * folder. */
       g_assert_cmpint (g_chmod (tmp_dir, 0755), ==, 0);
-      if (!become_nobody ())
+      if (!ead_test_become_nobody ())
         {
           g_test_skip ("running as root without the right to switch to another user");
           return;
@@ -859,7 +837,7 @@ test_read_only (void)
       ead_project_close (reopened);
     }
   if (as_nobody)
-    become_root ();
+    ead_test_become_root ();
   else
     {
       g_chmod (dir, 0755);
@@ -1249,25 +1227,6 @@ test_find_image (void)
   g_assert_cmpuint (count, ==, 3);
 }
 
-static void
-remove_tree (const char *path)
-{
-  g_autoptr (GDir) dir = g_dir_open (path, 0, NULL);
-  const char *name;
-
-  if (dir != NULL)
-    {
-      g_chmod (path, 0755);
-      while ((name = g_dir_read_name (dir)) != NULL)
-        {
-          g_autofree char *child = g_build_filename (path, name, NULL);
-
-          remove_tree (child);
-        }
-    }
-  g_remove (path);
-}
-
 int
 main (int argc, char **argv)
 {
@@ -1292,7 +1251,7 @@ main (int argc, char **argv)
   g_test_add_func ("/store/half-floats", test_half_floats);
   g_test_add_func ("/store/find-image", test_find_image);
   status = g_test_run ();
-  remove_tree (tmp_dir);
+  ead_test_remove_tree (tmp_dir);
   g_free (tmp_dir);
   return status;
 }

@@ -27,7 +27,6 @@
 #include "ead-teacher-import.h"
 #include "ead-torch-checkpoint.h"
 
-#define PYTHON "/usr/bin/python3"
 #define REL_TOL 1e-4
 
 /* ---- helpers ---- */
@@ -38,36 +37,6 @@ pth_path (const char *name)
   g_autofree char *file = g_strconcat ("pth/", name, NULL);
 
   return ead_test_fixture_path (file);
-}
-
-static void
-remove_tree (const char *path)
-{
-  GDir *dir = g_dir_open (path, 0, NULL);
-  const char *name;
-
-  g_assert_nonnull (dir);
-  while ((name = g_dir_read_name (dir)) != NULL)
-    {
-      g_autofree char *child = g_build_filename (path, name, NULL);
-
-      g_assert_cmpint (g_unlink (child), ==, 0);
-    }
-  g_dir_close (dir);
-  g_assert_cmpint (g_rmdir (path), ==, 0);
-}
-
-/* Fails unless the error has the code and its message contains every needle. */
-static void
-assert_error (const GError *error, int code, const char *const *needles)
-{
-  g_assert_nonnull (error);
-  if (error->domain != EAD_ERROR || error->code != code)
-    g_error ("expected EAD_ERROR %d, got %s %d: %s", code, g_quark_to_string (error->domain),
-             error->code, error->message);
-  for (; *needles != NULL; needles++)
-    if (strstr (error->message, *needles) == NULL)
-      g_error ("'%s' is not in the message: %s", *needles, error->message);
 }
 
 /* ---- the unpickler ---- */
@@ -225,7 +194,7 @@ test_pickle_refusals (void)
 
       g_test_message ("case %zu: %s", i, error ? error->message : "(accepted)");
       g_assert_null (pickle);
-      assert_error (error, refusals[i].code, refusals[i].needles);
+      ead_test_assert_error (error, refusals[i].code, refusals[i].needles);
     }
 }
 
@@ -249,7 +218,7 @@ test_pickle_limits (void)
   data[n++] = '.';
   pickle = ead_pickle_load (data, n, &error);
   g_assert_null (pickle);
-  assert_error (error, EAD_ERROR_LIMIT, mark_needles);
+  ead_test_assert_error (error, EAD_ERROR_LIMIT, mark_needles);
   g_clear_error (&error);
 
   /* a list of a million Nones: one object each */
@@ -263,12 +232,12 @@ test_pickle_limits (void)
   data[n++] = '.';
   pickle = ead_pickle_load (data, n, &error);
   g_assert_null (pickle);
-  assert_error (error, EAD_ERROR_LIMIT, object_needles);
+  ead_test_assert_error (error, EAD_ERROR_LIMIT, object_needles);
   g_clear_error (&error);
 
   pickle = ead_pickle_load (data, EAD_PICKLE_MAX_SIZE + 1, &error);
   g_assert_null (pickle);
-  assert_error (error, EAD_ERROR_LIMIT, size_needles);
+  ead_test_assert_error (error, EAD_ERROR_LIMIT, size_needles);
 }
 
 /* data.pkl of the committed small.pth, read with libzip. */
@@ -443,7 +412,7 @@ test_checkpoint_refusals (void)
 
       g_test_message ("%s: %s", bad_files[i].file, error ? error->message : "(accepted)");
       g_assert_null (checkpoint);
-      assert_error (error, bad_files[i].code, bad_files[i].needles);
+      ead_test_assert_error (error, bad_files[i].code, bad_files[i].needles);
     }
 }
 
@@ -472,7 +441,7 @@ test_checkpoint_mutations (void)
         checkpoint = ead_torch_checkpoint_read (path, &error);
         g_assert_true ((checkpoint == NULL) == (error != NULL));
       }
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 /* Every fixture read from memory as from its file: the same tensors, or the same error. */
@@ -606,10 +575,10 @@ test_checkpoint_fuzz_regressions (void)
           continue;
         }
       g_assert_null (checkpoint);
-      assert_error (error, cases[i].code, cases[i].needles);
+      ead_test_assert_error (error, cases[i].code, cases[i].needles);
       g_assert_true (g_utf8_validate (error->message, -1, NULL));
     }
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 /* The inputs themselves, kept in tests/fuzz/regressions (and among the fuzzer's seeds). */
@@ -665,39 +634,11 @@ test_import_refusals (void)
 
       g_test_message ("%s: %s", cases[i].file, error ? error->message : "(accepted)");
       g_assert_null (model);
-      assert_error (error, EAD_ERROR_FORMAT, cases[i].needles);
+      ead_test_assert_error (error, EAD_ERROR_FORMAT, cases[i].needles);
     }
 }
 
 /* ---- import parity with PyTorch ---- */
-
-static gboolean
-python_has_torch (void)
-{
-  const char *argv[] = { PYTHON, "-c", "import torch", NULL };
-  int status = 0;
-
-  if (!g_file_test (PYTHON, G_FILE_TEST_IS_EXECUTABLE))
-    return FALSE;
-  return g_spawn_sync (NULL, (char **) argv, NULL,
-                       G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, NULL,
-                       NULL, &status, NULL)
-         && g_spawn_check_wait_status (status, NULL);
-}
-
-static float *
-read_floats (const char *dir, const char *name, size_t count)
-{
-  g_autofree char *path = g_build_filename (dir, name, NULL);
-  g_autoptr (GError) error = NULL;
-  char *contents = NULL;
-  gsize size;
-
-  g_file_get_contents (path, &contents, &size, &error);
-  g_assert_no_error (error);
-  g_assert_cmpuint (size, ==, count * sizeof (float));
-  return (float *) contents;
-}
 
 /* Imports name.pth, checks the bundle written from it reads back as `ead train --teacher`
  * reads it, runs the teacher and returns max |c - t| / max |t| against name.out.f32. */
@@ -757,7 +698,7 @@ check_teacher (const char *dir, const char *name, EadArch arch, const char *form
   cpu->exec_free (exec);
   ead_workspace_clear (&workspace);
 
-  expected = read_floats (dir, out_name, count);
+  expected = ead_test_read_floats (dir, out_name, count);
   for (size_t i = 0; i < count; i++)
     {
       worst = MAX (worst, fabs ((double) got[i] - expected[i]));
@@ -779,7 +720,7 @@ test_import_parity (void)
   g_autofree char *err = NULL;
   g_autofree float *input = NULL;
   g_autoptr (GError) error = NULL;
-  const char *argv[] = { PYTHON, script, "teachers", NULL, NULL };
+  const char *argv[] = { EAD_TEST_PYTHON, script, "teachers", NULL, NULL };
   /* what make-pth-fixtures.py teachers writes */
   static const struct {
     const char *name;
@@ -795,9 +736,9 @@ test_import_parity (void)
   double worst = 0.0;
   int status = 0;
 
-  if (!python_has_torch ())
+  if (!ead_test_python_imports ("torch"))
     {
-      g_test_skip (PYTHON " with torch is not available");
+      g_test_skip (EAD_TEST_PYTHON " with torch is not available");
       return;
     }
   dir = g_dir_make_tmp ("test-teacher-import-XXXXXX", &error);
@@ -810,7 +751,7 @@ test_import_parity (void)
     g_error ("%s failed:\n%s", script, err);
 
   ead_backend_cpu ()->set_threads (ead_backend_cpu (), 2);
-  input = read_floats (dir, "input.f32", 3 * 256 * 256);
+  input = ead_test_read_floats (dir, "input.f32", 3 * 256 * 256);
   for (size_t i = 0; i < G_N_ELEMENTS (teachers); i++)
     {
       double relative = check_teacher (dir, teachers[i].name, teachers[i].arch,
@@ -819,7 +760,7 @@ test_import_parity (void)
       worst = MAX (worst, relative);
     }
   g_test_message ("import parity: worst relative error %.3g (allowed %g)", worst, REL_TOL);
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 int

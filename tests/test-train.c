@@ -75,28 +75,6 @@ make_temp_dir (void)
   return dir;
 }
 
-static void
-remove_tree (const char *path)
-{
-  g_autoptr (GFile) file = g_file_new_for_path (path);
-  g_autoptr (GFileEnumerator) children = NULL;
-  GFileInfo *info;
-
-  children = g_file_enumerate_children (file, G_FILE_ATTRIBUTE_STANDARD_NAME,
-                                        G_FILE_QUERY_INFO_NOFOLLOW_SYMLINKS, NULL, NULL);
-  while (children != NULL && (info = g_file_enumerator_next_file (children, NULL, NULL)) != NULL)
-    {
-      g_autofree char *child = g_build_filename (path, g_file_info_get_name (info), NULL);
-
-      if (g_file_info_get_file_type (info) == G_FILE_TYPE_DIRECTORY)
-        remove_tree (child);
-      else
-        g_unlink (child);
-      g_object_unref (info);
-    }
-  g_rmdir (path);
-}
-
 /* ---------------------------------------------------------------------------------------
  * Finite differences
  *
@@ -616,19 +594,6 @@ typedef struct {
   char *worst_what;     /* owned */
 } Agreement;
 
-static float *
-make_input (JsonObject *root, const char *name, size_t count)
-{
-  guint64 key = ead_random_key (json_object_get_int_member (root, "seed"), name);
-  float low = (float) json_object_get_double_member (root, "input_low");
-  float span = (float) json_object_get_double_member (root, "input_span");
-  float *data = g_new (float, count);
-
-  for (size_t i = 0; i < count; i++)
-    data[i] = low + span * ead_random_uniform (key, i);
-  return data;
-}
-
 static gboolean
 within (double value, double expected, double scale)
 {
@@ -699,31 +664,6 @@ check_record (JsonObject *record, const float *data, size_t count, const char *w
     g_test_fail_printf ("%s: sum of squares %.9g, PyTorch %.9g", what, sumsq, sumsq_t);
   if (!within (sumabs, sumabs_t, sumabs_t))
     g_test_fail_printf ("%s: sum of |x| %.9g, PyTorch %.9g", what, sumabs, sumabs_t);
-}
-
-/* The Adam step of each sample, w' - w, against PyTorch's (see the criterion above). */
-static double
-check_steps (JsonObject *record, const float *before, const float *after, double lr,
-             const char *what)
-{
-  JsonArray *index = json_object_get_array_member (record, "index");
-  JsonArray *value = json_object_get_array_member (record, "value");
-  double worst = 0.0;
-
-  for (guint k = 0; k < json_array_get_length (index); k++)
-    {
-      gint64 at = json_array_get_int_element (index, k);
-      double step = (double) after[at] - before[at];
-      double step_t = (float) json_array_get_double_element (value, k) - (double) before[at];
-      double ulp = before[at] != 0.0f ? ldexp (1.0, ilogb (before[at]) - 23) : 0.0;
-      double error = fabs (step - step_t);
-
-      if (!(error <= 1e-3 * lr + 2.0 * ulp))
-        g_test_fail_printf ("%s: element %" G_GINT64_FORMAT " moved by %.6g, in PyTorch by %.6g",
-                            what, at, step, step_t);
-      worst = MAX (worst, error / lr);
-    }
-  return worst;
 }
 
 static EadSample
@@ -809,8 +749,8 @@ test_step_parity (void)
   guint64 dropout_seed = json_object_get_int_member (root, "dropout_seed");
   double lr = json_object_get_double_member (root, "learning_rate");
   size_t size = (size_t) 3 * h * w;
-  g_autofree float *x = make_input (root, "train.x", size);
-  g_autofree float *x_aug = make_input (root, "train.x_aug", size);
+  g_autofree float *x = ead_test_fixture_input (root, "train.x", size);
+  g_autofree float *x_aug = ead_test_fixture_input (root, "train.x_aug", size);
   g_autoptr (GError) error = NULL;
   g_autoptr (EadModel) teacher = ead_model_new (EAD_ARCH_SMALL);
   g_autoptr (EadDataset) data = dataset_by_hand (w, h);
@@ -927,7 +867,7 @@ test_step_parity (void)
 
       g_assert_cmpuint (count_before, ==, count);
       check_record (updated, after, count, what, &weights);
-      worst_step = MAX (worst_step, check_steps (updated, before, after, lr, what));
+      worst_step = MAX (worst_step, ead_test_check_steps (updated, before, after, lr, what));
     }
   g_test_message ("step vs PyTorch: losses %.3g relative; gradients %.3g of max|t| (%s), "
                   "checksums %.3g; weights %.3g of max|t| (%s), checksums %.3g; steps %.3g lr",
@@ -1023,8 +963,8 @@ test_step_bf16 (void)
   int w = json_object_get_int_member (root, "input_width");
   guint64 dropout_seed = json_object_get_int_member (root, "dropout_seed");
   size_t size = (size_t) 3 * h * w;
-  g_autofree float *x = make_input (root, "train.x", size);
-  g_autofree float *x_aug = make_input (root, "train.x_aug", size);
+  g_autofree float *x = ead_test_fixture_input (root, "train.x", size);
+  g_autofree float *x_aug = ead_test_fixture_input (root, "train.x_aug", size);
   g_autoptr (GError) error = NULL;
   g_autoptr (EadModel) teacher = ead_model_new (EAD_ARCH_SMALL);
   g_autoptr (EadDataset) data = dataset_by_hand (w, h);
@@ -1390,7 +1330,7 @@ test_resume (void)
   /* the checkpoint (now of step 10) names its run: another seed or length is refused */
   assert_refused (teacher, data, seed + 1, RESUME_STEPS, checkpoint);
   assert_refused (teacher, data, seed, RESUME_STEPS + 1, checkpoint);
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 static void
@@ -1446,7 +1386,7 @@ test_dataset_errors (void)
 
   options.height = options.width = 128;
   load_expecting_error (corrupt, &options, EAD_ERROR_INVALID, "128x128 is too small");
-  remove_tree (dir);
+  ead_test_remove_tree (dir);
 }
 
 int
