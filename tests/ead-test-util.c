@@ -8,6 +8,7 @@
 
 #include "ead-error.h"
 #include "ead-network.h"
+#include "ead-safetensors.h"
 
 char *
 ead_test_fixture_path (const char *name)
@@ -160,4 +161,86 @@ ead_test_become_root (void)
 {
   g_assert_cmpint (seteuid (0), ==, 0);
   g_assert_cmpint (setegid (0), ==, 0);
+}
+
+static gboolean
+within (double value, double expected, double scale)
+{
+  return fabs (value - expected) <= EAD_TEST_REL_TOL * scale;
+}
+
+void
+ead_test_check_record (JsonObject *record, const float *data, size_t count, const char *what,
+                       EadTestAgreement *agreement)
+{
+  JsonArray *index = json_object_get_array_member (record, "index");
+  JsonArray *value = json_object_get_array_member (record, "value");
+  double maxabs = json_object_get_double_member (record, "maxabs");
+  double sum_t = json_object_get_double_member (record, "sum");
+  double sumsq_t = json_object_get_double_member (record, "sumsq");
+  double sumabs_t = json_object_get_double_member (record, "sumabs");
+  double sum = 0.0, sumsq = 0.0, sumabs = 0.0, worst = 0.0, relative, sums;
+  guint worst_at = 0;
+
+  if (json_object_has_member (record, "count"))
+    g_assert_cmpint (json_object_get_int_member (record, "count"), ==, (gint64) count);
+  g_assert_cmpuint (json_array_get_length (index), ==, json_array_get_length (value));
+  g_assert_cmpuint (json_array_get_length (index), >, 0);
+  g_assert_cmpfloat (maxabs, >, 0.0);
+  for (size_t i = 0; i < count; i++)
+    {
+      double x = data[i];
+      sum += x;
+      sumsq += x * x;
+      sumabs += fabs (x);
+    }
+  for (guint k = 0; k < json_array_get_length (index); k++)
+    {
+      gint64 at = json_array_get_int_element (index, k);
+      double error;
+
+      g_assert_cmpint (at, >=, 0);
+      g_assert_cmpint (at, <, (gint64) count);
+      error = fabs (data[at] - json_array_get_double_element (value, k));
+      if (!(error <= worst))  /* NaN included */
+        {
+          worst = error;
+          worst_at = k;
+        }
+    }
+  relative = worst / maxabs;
+  sums = MAX (fabs (sum - sum_t) / sumabs_t,
+              MAX (fabs (sumsq - sumsq_t) / sumsq_t, fabs (sumabs - sumabs_t) / sumabs_t));
+  g_test_message ("%s: sample error %.3g of max|t| %.4g; checksums %.3g relative", what,
+                  relative, maxabs, sums);
+  if (relative > agreement->worst_sample)
+    {
+      agreement->worst_sample = relative;
+      g_free (agreement->worst_what);
+      agreement->worst_what = g_strdup (what);
+    }
+  agreement->worst_sum = MAX (agreement->worst_sum, sums);
+
+  if (!(worst <= EAD_TEST_REL_TOL * maxabs))
+    g_test_fail_printf ("%s: element %" G_GINT64_FORMAT " is %.9g, PyTorch %.9g (error %.3g, "
+                        "allowed %.3g)",
+                        what, json_array_get_int_element (index, worst_at),
+                        data[json_array_get_int_element (index, worst_at)],
+                        json_array_get_double_element (value, worst_at), worst, EAD_TEST_REL_TOL * maxabs);
+  if (!within (sum, sum_t, sumabs_t))
+    g_test_fail_printf ("%s: sum %.9g, PyTorch %.9g (sum|x| %.9g)", what, sum, sum_t, sumabs_t);
+  if (!within (sumsq, sumsq_t, sumsq_t))
+    g_test_fail_printf ("%s: sum of squares %.9g, PyTorch %.9g", what, sumsq, sumsq_t);
+  if (!within (sumabs, sumabs_t, sumabs_t))
+    g_test_fail_printf ("%s: sum of |x| %.9g, PyTorch %.9g", what, sumabs, sumabs_t);
+}
+
+char *
+ead_test_checkpoint_step (const char *path)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (EadSafetensors) file = ead_safetensors_open (path, &error);
+
+  g_assert_no_error (error);
+  return g_strdup (ead_safetensors_lookup_metadata (file, "ead.checkpoint.step"));
 }

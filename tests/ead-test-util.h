@@ -29,6 +29,29 @@ double ead_test_check_steps (JsonObject *record,
                              double lr,
                              const char *what);
 
+/* Agreement with a PyTorch fixture record (make-fixtures.py's tensor_record or
+ * make-train-fixtures.py's flat_record: "index"/"value" samples, "maxabs", "sum",
+ * "sumsq", "sumabs", optionally "count"): every sample within EAD_TEST_REL_TOL * max|t|,
+ * each checksum within EAD_TEST_REL_TOL relative; each violation fails the test.  The
+ * agreement keeps the worst sample error (relative to max|t|, and whose), the worst
+ * checksum error, over the records compared; free worst_what. */
+#define EAD_TEST_REL_TOL 1e-4
+
+typedef struct {
+  double worst_sample;
+  double worst_sum;
+  char *worst_what;
+} EadTestAgreement;
+
+void ead_test_check_record (JsonObject *record,
+                            const float *data,
+                            size_t count,
+                            const char *what,
+                            EadTestAgreement *agreement);
+
+/* The "ead.checkpoint.step" of a checkpoint file (NULL when it has none). */
+char *ead_test_checkpoint_step (const char *path);
+
 /* Removes a file, or a folder with everything in it (links are removed, not followed;
  * folders are made writable first).  A path that is not there is fine; one that cannot
  * be removed fails the test. */

@@ -38,7 +38,7 @@
 #include "ead-safetensors.h"
 
 #define THREADS 2
-#define REL_TOL 1e-4
+#define REL_TOL EAD_TEST_REL_TOL
 #define SUM_TOL 1e-9
 #define TINY_BACKBONE "pretrain/backbone.pth"
 #define LEVELS_2_3 ((1u << 1) | (1u << 2))
@@ -118,75 +118,6 @@ small_options (EadPretrainOptions *options, const char *images)
   options->checkpoint_every = 0;
 }
 
-typedef struct {
-  double worst_sample;  /* largest sample error / max|t| */
-  double worst_sum;     /* largest checksum error, relative */
-  char *worst_what;     /* owned */
-} Agreement;
-
-/* Compares data with a fixture record (make-fixtures.py's tensor_record or
- * make-train-fixtures.py's flat_record). */
-static void
-check_record (JsonObject *record, const float *data, size_t count, const char *what,
-              Agreement *agreement)
-{
-  JsonArray *index = json_object_get_array_member (record, "index");
-  JsonArray *value = json_object_get_array_member (record, "value");
-  double maxabs = json_object_get_double_member (record, "maxabs");
-  double sum_t = json_object_get_double_member (record, "sum");
-  double sumsq_t = json_object_get_double_member (record, "sumsq");
-  double sumabs_t = json_object_get_double_member (record, "sumabs");
-  double sum = 0.0, sumsq = 0.0, sumabs = 0.0, worst = 0.0, sums;
-  guint worst_at = 0;
-
-  if (json_object_has_member (record, "count"))
-    g_assert_cmpint (json_object_get_int_member (record, "count"), ==, (gint64) count);
-  g_assert_cmpuint (json_array_get_length (index), ==, json_array_get_length (value));
-  g_assert_cmpuint (json_array_get_length (index), >, 0);
-  g_assert_cmpfloat (maxabs, >, 0.0);
-  for (size_t i = 0; i < count; i++)
-    {
-      double x = data[i];
-      sum += x;
-      sumsq += x * x;
-      sumabs += fabs (x);
-    }
-  for (guint k = 0; k < json_array_get_length (index); k++)
-    {
-      gint64 at = json_array_get_int_element (index, k);
-      double error;
-
-      g_assert_cmpint (at, >=, 0);
-      g_assert_cmpint (at, <, (gint64) count);
-      error = fabs (data[at] - json_array_get_double_element (value, k));
-      if (!(error <= worst))  /* NaN included */
-        {
-          worst = error;
-          worst_at = k;
-        }
-    }
-  sums = MAX (fabs (sum - sum_t) / sumabs_t,
-              MAX (fabs (sumsq - sumsq_t) / sumsq_t, fabs (sumabs - sumabs_t) / sumabs_t));
-  g_test_message ("%s: sample error %.3g of max|t| %.4g; checksums %.3g relative", what,
-                  worst / maxabs, maxabs, sums);
-  if (worst / maxabs > agreement->worst_sample)
-    {
-      agreement->worst_sample = worst / maxabs;
-      g_free (agreement->worst_what);
-      agreement->worst_what = g_strdup (what);
-    }
-  agreement->worst_sum = MAX (agreement->worst_sum, sums);
-  if (!(worst <= REL_TOL * maxabs))
-    g_test_fail_printf ("%s: element %" G_GINT64_FORMAT " is %.9g, PyTorch %.9g (allowed error "
-                        "%.3g)", what, json_array_get_int_element (index, worst_at),
-                        data[json_array_get_int_element (index, worst_at)],
-                        json_array_get_double_element (value, worst_at), REL_TOL * maxabs);
-  if (!(fabs (sum - sum_t) <= REL_TOL * sumabs_t && fabs (sumsq - sumsq_t) <= REL_TOL * sumsq_t
-        && fabs (sumabs - sumabs_t) <= REL_TOL * sumabs_t))
-    g_test_fail_printf ("%s: checksums (%.9g, %.9g, %.9g), PyTorch (%.9g, %.9g, %.9g)", what,
-                        sum, sumsq, sumabs, sum_t, sumsq_t, sumabs_t);
-}
-
 /* ---------------------------------------------------------------------------------------
  * Ψ against PyTorch
  * --------------------------------------------------------------------------------------- */
@@ -197,7 +128,7 @@ test_aggregate (void)
   g_autoptr (JsonParser) parser = ead_test_load_fixture ("pretrain/aggregate.json");
   JsonObject *root = ead_test_fixture_root (parser);
   JsonArray *cases = json_object_get_array_member (root, "cases");
-  Agreement agreement = { 0 };
+  EadTestAgreement agreement = { 0 };
 
   g_assert_cmpstr (json_object_get_string_member (root, "format"), ==,
                    "ead-pretrain-aggregate-1");
@@ -235,7 +166,7 @@ test_aggregate (void)
       aggregator = ead_patch_aggregator_new (n, shapes, out_h, out_w, out_c, &error);
       g_assert_no_error (error);
       ead_patch_aggregator_run (aggregator, (const float *const *) features, psi);
-      check_record (record, psi, (size_t) out_c * out_h * out_w, name, &agreement);
+      ead_test_check_record (record, psi, (size_t) out_c * out_h * out_w, name, &agreement);
       for (int l = 0; l < n; l++)
         g_free (features[l]);
     }
@@ -368,7 +299,7 @@ test_step_parity (void)
   g_autoptr (GError) error = NULL;
   g_autoptr (EadPretrainer) pretrainer = NULL;
   g_autoptr (EadNet) before = NULL;
-  Agreement psi_agreement = { 0 }, grads = { 0 }, weights = { 0 };
+  EadTestAgreement psi_agreement = { 0 }, grads = { 0 }, weights = { 0 };
   EadNet *pdn, *grad;
   float *target_mean, *target_std;
   size_t backbone_count = (size_t) 3 * 4 * pdn_size * pdn_size;
@@ -413,7 +344,7 @@ test_step_parity (void)
       g_assert_true (ead_pretrainer_target (pretrainer, fixture.backbone_x + b * backbone_count,
                                             psi, &error));
       g_assert_no_error (error);
-      check_record (record, psi, psi_count, what, &psi_agreement);
+      ead_test_check_record (record, psi, psi_count, what, &psi_agreement);
     }
 
   /* the loss and the gradients */
@@ -432,7 +363,7 @@ test_step_parity (void)
       size_t count;
       const float *g = tensor_of (grad, name, &count);
 
-      check_record (json_object_get_object_member (tensor, "grad"), g, count, what, &grads);
+      ead_test_check_record (json_object_get_object_member (tensor, "grad"), g, count, what, &grads);
     }
 
   /* the same step again, now with the Adam update */
@@ -452,7 +383,7 @@ test_step_parity (void)
       const float *was = tensor_of (before, name, &count_before);
 
       g_assert_cmpuint (count, ==, count_before);
-      check_record (updated, after, count, what, &weights);
+      ead_test_check_record (updated, after, count, what, &weights);
       worst_step = MAX (worst_step, ead_test_check_steps (updated, was, after, lr, what));
     }
   g_test_message ("distillation step vs PyTorch: Psi %.3g of max|t|, checksums %.3g; loss %.3g "
@@ -596,16 +527,6 @@ resume_pretrainer (const EadBackbone *backbone, const char *images, guint64 seed
   return pretrainer;
 }
 
-static char *
-checkpoint_step (const char *path)
-{
-  g_autoptr (GError) error = NULL;
-  g_autoptr (EadSafetensors) file = ead_safetensors_open (path, &error);
-
-  g_assert_no_error (error);
-  return g_strdup (ead_safetensors_lookup_metadata (file, "ead.checkpoint.step"));
-}
-
 static void
 assert_same_net (const EadNet *a, const EadNet *b)
 {
@@ -729,7 +650,7 @@ test_resume (void)
     g_clear_error (&error);
     g_assert_false (watch.resumed);
   }
-  step = checkpoint_step (checkpoint);
+  step = ead_test_checkpoint_step (checkpoint);
   g_assert_cmpstr (step, ==, G_STRINGIFY (RESUME_CANCEL_AT));
   /* ... then resumed from it to the end */
   {

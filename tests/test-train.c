@@ -584,87 +584,9 @@ test_fd_network (void)
  * also compared per sample: within 1e-3 lr plus the rounding of w' (two ulps of w).
  * --------------------------------------------------------------------------------------- */
 
-#define REL_TOL 1e-4
+#define REL_TOL EAD_TEST_REL_TOL
 /* numpy sums the initial weights pairwise, this file in order: both nearly exact */
 #define SUM_TOL 1e-9
-
-typedef struct {
-  double worst_sample;  /* largest sample error / max|t| over the tensors */
-  double worst_sum;     /* largest checksum error, relative */
-  char *worst_what;     /* owned */
-} Agreement;
-
-static gboolean
-within (double value, double expected, double scale)
-{
-  return fabs (value - expected) <= REL_TOL * scale;
-}
-
-/* Compares `data` with a fixture record by the criterion above. */
-static void
-check_record (JsonObject *record, const float *data, size_t count, const char *what,
-              Agreement *agreement)
-{
-  JsonArray *index = json_object_get_array_member (record, "index");
-  JsonArray *value = json_object_get_array_member (record, "value");
-  double maxabs = json_object_get_double_member (record, "maxabs");
-  double sum_t = json_object_get_double_member (record, "sum");
-  double sumsq_t = json_object_get_double_member (record, "sumsq");
-  double sumabs_t = json_object_get_double_member (record, "sumabs");
-  double sum = 0.0, sumsq = 0.0, sumabs = 0.0, worst = 0.0, relative, sums;
-  guint worst_at = 0;
-
-  g_assert_cmpint (json_object_get_int_member (record, "count"), ==, (gint64) count);
-  g_assert_cmpuint (json_array_get_length (index), ==, json_array_get_length (value));
-  g_assert_cmpuint (json_array_get_length (index), >, 0);
-  g_assert_cmpfloat (maxabs, >, 0.0);
-  for (size_t i = 0; i < count; i++)
-    {
-      double x = data[i];
-      sum += x;
-      sumsq += x * x;
-      sumabs += fabs (x);
-    }
-  for (guint k = 0; k < json_array_get_length (index); k++)
-    {
-      gint64 at = json_array_get_int_element (index, k);
-      double error;
-
-      g_assert_cmpint (at, >=, 0);
-      g_assert_cmpint (at, <, (gint64) count);
-      error = fabs (data[at] - json_array_get_double_element (value, k));
-      if (!(error <= worst))  /* NaN included */
-        {
-          worst = error;
-          worst_at = k;
-        }
-    }
-  relative = worst / maxabs;
-  sums = MAX (fabs (sum - sum_t) / sumabs_t,
-              MAX (fabs (sumsq - sumsq_t) / sumsq_t, fabs (sumabs - sumabs_t) / sumabs_t));
-  g_test_message ("%s: sample error %.3g of max|t| %.4g; checksums %.3g relative", what,
-                  relative, maxabs, sums);
-  if (relative > agreement->worst_sample)
-    {
-      agreement->worst_sample = relative;
-      g_free (agreement->worst_what);
-      agreement->worst_what = g_strdup (what);
-    }
-  agreement->worst_sum = MAX (agreement->worst_sum, sums);
-
-  if (!(worst <= REL_TOL * maxabs))
-    g_test_fail_printf ("%s: element %" G_GINT64_FORMAT " is %.9g, PyTorch %.9g (error %.3g, "
-                        "allowed %.3g)",
-                        what, json_array_get_int_element (index, worst_at),
-                        data[json_array_get_int_element (index, worst_at)],
-                        json_array_get_double_element (value, worst_at), worst, REL_TOL * maxabs);
-  if (!within (sum, sum_t, sumabs_t))
-    g_test_fail_printf ("%s: sum %.9g, PyTorch %.9g (sum|x| %.9g)", what, sum, sum_t, sumabs_t);
-  if (!within (sumsq, sumsq_t, sumsq_t))
-    g_test_fail_printf ("%s: sum of squares %.9g, PyTorch %.9g", what, sumsq, sumsq_t);
-  if (!within (sumabs, sumabs_t, sumabs_t))
-    g_test_fail_printf ("%s: sum of |x| %.9g, PyTorch %.9g", what, sumabs, sumabs_t);
-}
 
 static EadSample
 sample_new (const char *name, int width, int height)
@@ -761,7 +683,7 @@ test_step_parity (void)
     const char *name;
     int column;
   } loss_names[] = { { "total", 0 }, { "hard", 1 }, { "ae", 3 }, { "stae", 4 } };
-  Agreement grads = { 0 }, weights = { 0 };
+  EadTestAgreement grads = { 0 }, weights = { 0 };
   EadTrainOptions options;
   EadModel *model;
   EadNet *grad_student, *grad_ae;
@@ -842,7 +764,7 @@ test_step_parity (void)
       const float *g = tensor_of (net_of (model, grad_student, grad_ae, parts[0], TRUE), name,
                                   &count);
 
-      check_record (json_object_get_object_member (tensor, "grad"), g, count, what, &grads);
+      ead_test_check_record (json_object_get_object_member (tensor, "grad"), g, count, what, &grads);
     }
 
   /* the same step again, now with the Adam update */
@@ -866,7 +788,7 @@ test_step_parity (void)
       const float *before = tensor_of (net_before, name, &count_before);
 
       g_assert_cmpuint (count_before, ==, count);
-      check_record (updated, after, count, what, &weights);
+      ead_test_check_record (updated, after, count, what, &weights);
       worst_step = MAX (worst_step, ead_test_check_steps (updated, before, after, lr, what));
     }
   g_test_message ("step vs PyTorch: losses %.3g relative; gradients %.3g of max|t| (%s), "
@@ -1227,16 +1149,6 @@ write_model (EadModel *model, const char *dir, const char *name)
   return path;
 }
 
-static char *
-checkpoint_step (const char *path)
-{
-  g_autoptr (GError) error = NULL;
-  g_autoptr (EadSafetensors) file = ead_safetensors_open (path, &error);
-
-  g_assert_no_error (error);
-  return g_strdup (ead_safetensors_lookup_metadata (file, "ead.checkpoint.step"));
-}
-
 /* A resumed run's checkpoint belongs to seed 3, 12 steps: other runs must refuse it. */
 static void
 assert_refused (const EadModel *teacher, const EadDataset *data, guint64 seed, int steps,
@@ -1304,7 +1216,7 @@ test_resume (void)
     g_assert_cmpint (watch.first_step, ==, 1);
     g_assert_false (watch.resumed);
   }
-  step = checkpoint_step (checkpoint);
+  step = ead_test_checkpoint_step (checkpoint);
   g_assert_cmpstr (step, ==, G_STRINGIFY (RESUME_CANCEL_AT));
   /* ... then resumed from it to the end */
   {
