@@ -34,7 +34,7 @@ double ead_test_check_steps (JsonObject *record,
  * "sumsq", "sumabs", optionally "count"): every sample within EAD_TEST_REL_TOL * max|t|,
  * each checksum within EAD_TEST_REL_TOL relative; each violation fails the test.  The
  * agreement keeps the worst sample error (relative to max|t|, and whose), the worst
- * checksum error, over the records compared; free worst_what. */
+ * checksum error, over the records compared; free worst_what.  agreement may be NULL. */
 #define EAD_TEST_REL_TOL 1e-4
 
 typedef struct {

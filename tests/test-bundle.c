@@ -881,20 +881,6 @@ static const char python_reader[] =
   "    pass\n"
   "print(meta['ead.arch'], meta['ead.quantile.st_b'], len(header), repr(float(w.sum())))\n";
 
-static gboolean
-python_has_numpy (void)
-{
-  const char *argv[] = { EAD_TEST_PYTHON, "-c", "import numpy", NULL };
-  int status = 0;
-
-  if (!g_file_test (EAD_TEST_PYTHON, G_FILE_TEST_IS_EXECUTABLE))
-    return FALSE;
-  return g_spawn_sync (NULL, (char **) argv, NULL,
-                       G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, NULL,
-                       NULL, &status, NULL)
-         && g_spawn_check_wait_status (status, NULL);
-}
-
 static void
 test_python_reads_bundle (void)
 {
@@ -912,7 +898,7 @@ test_python_reads_bundle (void)
   double sum = 0.0;
   int status = 0;
 
-  if (!python_has_numpy ())
+  if (!ead_test_python_imports ("numpy"))
     {
       g_test_skip (EAD_TEST_PYTHON " with numpy is not available");
       return;

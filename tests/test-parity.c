@@ -28,7 +28,7 @@
 #include "ead-model.h"
 #include "ead-network.h"
 
-#define REL_TOL 1e-4
+#define REL_TOL EAD_TEST_REL_TOL
 /* numpy sums the weight probes pairwise, this file in order: both are nearly exact */
 #define PROBE_SUM_TOL 1e-9
 
@@ -42,74 +42,18 @@ static const char *const case_files[] = {
 /* The case the batch test runs: the cheaper network on the non-square input. */
 #define BATCH_CASE "parity-s-256x320.json"
 
-static gboolean
-within (double value, double expected, double scale)
-{
-  return fabs (value - expected) <= REL_TOL * scale;
-}
-
 /* Compares `data` (c x h x w) with a fixture tensor by the criterion at the top, reports
  * every violation and logs the errors. */
 static void
 check_tensor (JsonObject *record, const float *data, int c, int h, int w, const char *what)
 {
   JsonArray *shape = json_object_get_array_member (record, "shape");
-  JsonArray *index = json_object_get_array_member (record, "index");
-  JsonArray *value = json_object_get_array_member (record, "value");
-  double maxabs = json_object_get_double_member (record, "maxabs");
-  double sum_t = json_object_get_double_member (record, "sum");
-  double sumsq_t = json_object_get_double_member (record, "sumsq");
-  double sumabs_t = json_object_get_double_member (record, "sumabs");
-  size_t count = (size_t) c * h * w;
-  double sum = 0.0, sumsq = 0.0, sumabs = 0.0, worst = 0.0, relative;
-  guint worst_at = 0;
 
   g_assert_cmpint (json_array_get_length (shape), ==, 3);
   g_assert_cmpint (json_array_get_int_element (shape, 0), ==, c);
   g_assert_cmpint (json_array_get_int_element (shape, 1), ==, h);
   g_assert_cmpint (json_array_get_int_element (shape, 2), ==, w);
-  g_assert_cmpuint (json_array_get_length (index), ==, json_array_get_length (value));
-  g_assert_cmpuint (json_array_get_length (index), >, 0);
-
-  for (size_t i = 0; i < count; i++)
-    {
-      double x = data[i];
-      sum += x;
-      sumsq += x * x;
-      sumabs += fabs (x);
-    }
-  for (guint k = 0; k < json_array_get_length (index); k++)
-    {
-      gint64 at = json_array_get_int_element (index, k);
-      double error;
-
-      g_assert_cmpint (at, >=, 0);
-      g_assert_cmpint (at, <, (gint64) count);
-      error = fabs (data[at] - json_array_get_double_element (value, k));
-      if (!(error <= worst))  /* NaN included */
-        {
-          worst = error;
-          worst_at = k;
-        }
-    }
-  relative = maxabs > 0.0 ? worst / maxabs : worst;
-  g_test_message ("%s: sample error %.3g of max|t| %.4g; sums %.3g / %.3g / %.3g relative", what,
-                  relative, maxabs, fabs (sum - sum_t) / sumabs_t,
-                  fabs (sumsq - sumsq_t) / sumsq_t, fabs (sumabs - sumabs_t) / sumabs_t);
-
-  if (!(worst <= REL_TOL * maxabs))
-    g_test_fail_printf ("%s: element %" G_GINT64_FORMAT " is %.9g, PyTorch %.9g (error %.3g, "
-                        "allowed %.3g)",
-                        what, json_array_get_int_element (index, worst_at),
-                        data[json_array_get_int_element (index, worst_at)],
-                        json_array_get_double_element (value, worst_at), worst,
-                        REL_TOL * maxabs);
-  if (!within (sum, sum_t, sumabs_t))
-    g_test_fail_printf ("%s: sum %.9g, PyTorch %.9g (sum|x| %.9g)", what, sum, sum_t, sumabs_t);
-  if (!within (sumsq, sumsq_t, sumsq_t))
-    g_test_fail_printf ("%s: sum of squares %.9g, PyTorch %.9g", what, sumsq, sumsq_t);
-  if (!within (sumabs, sumabs_t, sumabs_t))
-    g_test_fail_printf ("%s: sum of |x| %.9g, PyTorch %.9g", what, sumabs, sumabs_t);
+  ead_test_check_record (record, data, (size_t) c * h * w, what, NULL);
 }
 
 /* The weights of `name` ("student.3.weight") in the model. */
@@ -281,7 +225,7 @@ check_image (EadDetector *detector, JsonObject *root, int slot, guint image, con
   score_scale = json_object_get_double_member (full_record, "maxabs");
   g_test_message ("%s score: %.9g, PyTorch %.9g (error %.3g of max|t|)", label, score, score_t,
                   fabs (score - score_t) / score_scale);
-  if (!within (score, score_t, score_scale))
+  if (!(fabs (score - score_t) <= REL_TOL * score_scale))
     g_test_fail_printf ("%s: score %.9g, PyTorch %.9g", label, score, score_t);
 }
 
