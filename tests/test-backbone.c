@@ -18,7 +18,6 @@
 #include <math.h>
 #include <string.h>
 
-#include <glib/gstdio.h>
 
 #include "ead-test-util.h"
 #include "ead-backbone.h"

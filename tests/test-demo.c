@@ -8,7 +8,6 @@
 #include <string.h>
 
 #include <glib.h>
-#include <glib/gstdio.h>
 
 #include "ead-demo.h"
 #include "ead-error.h"
