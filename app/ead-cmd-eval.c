@@ -270,20 +270,18 @@ ead_cmd_eval (int argc, char **argv)
   for (guint i = 0; i < tests->len; i++)
     {
       TestImage *test = &g_array_index (tests, TestImage, i);
-      DefectKind kind = { test->defect, ead_pixel_metrics_new () };
 
       test->kind = -1;
       if (!test->anomalous)
-        {
-          ead_pixel_metrics_free (kind.pixels);
-          continue;
-        }
+        continue;
       /* the images of a kind are listed together */
       if (kinds->len == 0
           || !g_str_equal (g_array_index (kinds, DefectKind, kinds->len - 1).name, test->defect))
-        g_array_append_val (kinds, kind);
-      else
-        ead_pixel_metrics_free (kind.pixels);
+        {
+          DefectKind kind = { test->defect, ead_pixel_metrics_new () };
+
+          g_array_append_val (kinds, kind);
+        }
       test->kind = kinds->len - 1;
     }
   input = g_new (float, (size_t) 3 * model->input_height * model->input_width);
