@@ -71,9 +71,10 @@ sorted_entries (const char *dir, GError **error)
   return names;
 }
 
-/* test/<defect>/<image> with ground_truth/<defect>/<stem>_mask.png */
+/* test/<defect>/<image> with ground_truth/<defect>/<stem>_mask.png; with `only`, the good
+ * images and those of the defect kinds it names, each of which must be there. */
 static GArray *
-list_test_split (const char *root, GError **error)
+list_test_split (const char *root, const char *const *only, GError **error)
 {
   g_autofree char *test_dir = g_build_filename (root, "test", NULL);
   g_autoptr (GPtrArray) defects = NULL;
@@ -98,6 +99,8 @@ list_test_split (const char *root, GError **error)
 
       if (!g_file_test (dir, G_FILE_TEST_IS_DIR))
         continue;
+      if (only != NULL && !g_str_equal (defect, "good") && !g_strv_contains (only, defect))
+        continue;
       files = sorted_entries (dir, error);
       if (files == NULL)
         return NULL;
@@ -121,6 +124,21 @@ list_test_split (const char *root, GError **error)
           g_array_append_val (images, image);
         }
     }
+  for (guint k = 0; only != NULL && only[k] != NULL; k++)
+    if (g_str_equal (only[k], "good")
+        || !g_ptr_array_find_with_equal_func (defects, only[k], g_str_equal, NULL))
+      {
+        g_autoptr (GString) kinds = g_string_new (NULL);
+
+        for (guint d = 0; d < defects->len; d++)
+          if (!g_str_equal (defects->pdata[d], "good"))
+            g_string_append_printf (kinds, "%s%s", kinds->len > 0 ? ", " : "",
+                                    (char *) defects->pdata[d]);
+        g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
+                     "%s: no defect kind '%s' (the kinds here: %s)", test_dir, only[k],
+                     kinds->str);
+        return NULL;
+      }
   if (images->len == 0)
     {
       g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID, "%s: no test images", test_dir);
@@ -204,11 +222,15 @@ ead_cmd_eval (int argc, char **argv)
   g_autofree char *data_dir = NULL;
   g_autofree char *device = NULL;
   g_autofree char *precision_text = NULL;
+  g_autofree char *defects_text = NULL;
+  g_auto (GStrv) defects = NULL;
   gboolean json = FALSE;
   int threads = 0;
   const GOptionEntry entries[] = {
     { "model", 'm', 0, G_OPTION_ARG_FILENAME, &bundle, "Model bundle", "BUNDLE" },
     { "data", 'd', 0, G_OPTION_ARG_FILENAME, &data_dir, "An MVTec AD category", "DIR" },
+    { "defects", 0, 0, G_OPTION_ARG_STRING, &defects_text,
+      "Only these defect kinds (test/ folders), with all good images", "KIND,…" },
     { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "CPU threads (default: all cores)", "T" },
     { "device", 0, 0, G_OPTION_ARG_STRING, &device, "cpu or cuda (default cpu)", "DEVICE" },
     EAD_CLI_PRECISION_ENTRY (precision_text),
@@ -235,7 +257,7 @@ ead_cmd_eval (int argc, char **argv)
                       "AU-ROC, pixel AU-ROC, AU-PRO up to FPR 0.3 and F1-max, with the maps at\n"
                       "each image's own resolution (the MVTec AD evaluator's convention); then\n"
                       "the image and pixel AU-ROC and AU-PRO of each defect kind (its images\n"
-                      "against all good test images).",
+                      "against all good test images).  --defects leaves out the other kinds.",
                       entries, &argc, &argv, &exit_code))
     return exit_code;
   if (!ead_cli_parse_precision ("eval", precision_text, &options.precision))
@@ -245,7 +267,9 @@ ead_cmd_eval (int argc, char **argv)
       ead_cli_error ("eval", "--model BUNDLE and --data DIR are required (see 'ead eval --help')");
       return EAD_EXIT_USAGE;
     }
-  tests = list_test_split (data_dir, &error);
+  if (defects_text != NULL)
+    defects = g_strsplit (defects_text, ",", -1);
+  tests = list_test_split (data_dir, (const char *const *) defects, &error);
   if (tests == NULL)
     {
       ead_cli_error ("eval", "%s", error->message);

@@ -143,6 +143,14 @@ pooled=$(awk '/^  image AU-ROC/ {i = $3} /^  pixel AU-ROC/ {p = $3} /^  AU-PRO/ 
 spot=$(awk '$1 == "spot" {print $2, $3, $4}' "$TMP/out")
 [ -n "$spot" ] && [ "$pooled" = "$spot" ] && ok "one defect kind: its metrics are the pooled ones ($spot)" \
   || { not_ok "one defect kind: its metrics are the pooled ones ($pooled vs $spot)"; show "$TMP/out"; }
+# --defects spot on the whole category: the same images, so the same metrics
+check "eval --defects spot" "$EAD" eval --model "$A" --data "$DATA" --defects spot --threads 2
+chosen=$(awk '/^  image AU-ROC/ {i = $3} /^  pixel AU-ROC/ {p = $3} /^  AU-PRO/ {a = $3} END {print i, p, a}' "$TMP/out")
+kinds=$(sed -n '/each defect kind/,$p' "$TMP/out" | awk 'NF == 4 && $2 ~ /^[0-9.]+$/ {print $1}' | tr '\n' ' ')
+[ "$kinds" = "spot " ] && [ "$chosen" = "$pooled" ] && ok "eval --defects spot: only spot, metrics of the spot-only copy" \
+  || { not_ok "eval --defects spot: only spot, metrics of the spot-only copy ($kinds: $chosen vs $pooled)"; show "$TMP/out"; }
+refuses "eval --defects with an unknown kind" "no defect kind 'dent' (the kinds here: crack, missing_material, scratch, spot)" \
+  "$EAD" eval --model "$A" --data "$DATA" --defects spot,dent
 # a kind without masks has no pixel metrics, the others keep theirs
 rm -r "$TMP/one/ground_truth/spot"
 cp -r "$DATA/test/crack" "$TMP/one/test/" && cp -r "$DATA/ground_truth/crack" "$TMP/one/ground_truth/"
