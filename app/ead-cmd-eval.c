@@ -26,17 +26,8 @@ typedef struct {
 /* One defect kind: its images against every good image. */
 typedef struct {
   const char *name;  /* the test/ subfolder, owned by its images */
-  EadPixelMetrics *pixels;
   double image_auroc, pixel_auroc, aupro;
 } DefectKind;
-
-static void
-defect_kind_clear (gpointer data)
-{
-  DefectKind *kind = data;
-
-  g_clear_pointer (&kind->pixels, ead_pixel_metrics_free);
-}
 
 static void
 test_image_clear (gpointer data)
@@ -147,11 +138,10 @@ list_test_split (const char *root, const char *const *only, GError **error)
   return g_steal_pointer (&images);
 }
 
-/* Scores one test image and adds its map and mask to the pixel metrics: all of them, and
- * those of its defect kind (a good image: of every kind). */
+/* Scores one test image and adds its map and mask to the pixel metrics. */
 static gboolean
-evaluate_image (EadDetector *detector, TestImage *test, EadPixelMetrics *pixels,
-                GArray *kinds, float *input, GError **error)
+evaluate_image (EadDetector *detector, TestImage *test, EadPixelMetrics *pixels, float *input,
+                GError **error)
 {
   g_autoptr (EadImage) image = ead_image_load (test->path, 0, error);
   g_autoptr (EadImage) resized = NULL;
@@ -188,10 +178,6 @@ evaluate_image (EadDetector *detector, TestImage *test, EadPixelMetrics *pixels,
   full = g_new (float, n);
   test->score = ead_detector_full_map (detector, 0, image->height, image->width, full);
   ead_pixel_metrics_add (pixels, full, labels, image->width, image->height);
-  for (guint k = 0; k < kinds->len; k++)
-    if (test->kind < 0 || test->kind == (int) k)
-      ead_pixel_metrics_add (g_array_index (kinds, DefectKind, k).pixels, full, labels,
-                             image->width, image->height);
   return TRUE;
 }
 
@@ -290,7 +276,6 @@ ead_cmd_eval (int argc, char **argv)
       return EAD_EXIT_FAILURE;
     }
   ead_cli_note_precision ("eval", options.precision, ead_detector_get_backend (detector));
-  g_array_set_clear_func (kinds, defect_kind_clear);
   for (guint i = 0; i < tests->len; i++)
     {
       TestImage *test = &g_array_index (tests, TestImage, i);
@@ -302,7 +287,7 @@ ead_cmd_eval (int argc, char **argv)
       if (kinds->len == 0
           || !g_str_equal (g_array_index (kinds, DefectKind, kinds->len - 1).name, test->defect))
         {
-          DefectKind kind = { test->defect, ead_pixel_metrics_new () };
+          DefectKind kind = { test->defect };
 
           g_array_append_val (kinds, kind);
         }
@@ -315,7 +300,7 @@ ead_cmd_eval (int argc, char **argv)
     {
       TestImage *test = &g_array_index (tests, TestImage, i);
 
-      if (!evaluate_image (detector, test, pixels, kinds, input, &error))
+      if (!evaluate_image (detector, test, pixels, input, &error))
         {
           ead_cli_error ("eval", "%s", error->message);
           return EAD_EXIT_FAILURE;
@@ -333,12 +318,15 @@ ead_cmd_eval (int argc, char **argv)
       DefectKind *kind = &g_array_index (kinds, DefectKind, k);
       g_autofree float *s = g_new (float, tests->len);
       g_autofree guint8 *l = g_new (guint8, tests->len);
+      g_autofree gboolean *chosen = g_new (gboolean, tests->len);
       size_t n = 0;
 
       for (guint i = 0; i < tests->len; i++)
         {
           TestImage *test = &g_array_index (tests, TestImage, i);
-          if (test->kind < 0 || test->kind == (int) k)
+
+          chosen[i] = test->kind < 0 || test->kind == (int) k;
+          if (chosen[i])
             {
               s[n] = test->score;
               l[n++] = test->anomalous;
@@ -347,7 +335,8 @@ ead_cmd_eval (int argc, char **argv)
       kind->image_auroc = ead_metric_auroc (s, l, n, &error);
       /* A kind without masks has no pixel metrics; every other failure the pooled metrics
        * above have reported already. */
-      if (!ead_pixel_metrics_compute (kind->pixels, 0.3, &kind->pixel_auroc, &kind->aupro, NULL))
+      if (!ead_pixel_metrics_compute_subset (pixels, chosen, tests->len, 0.3,
+                                             &kind->pixel_auroc, &kind->aupro, NULL))
         kind->pixel_auroc = kind->aupro = NAN;
     }
   if (error != NULL)

@@ -624,6 +624,84 @@ random_image (guint64 *state, int width, int height, float lift, int levels, flo
   return n_rects;
 }
 
+static void
+assert_subset_error (EadPixelMetrics *pm, const gboolean *images, guint n, const char *fragment)
+{
+  g_autoptr (GError) error = NULL;
+
+  g_assert_false (ead_pixel_metrics_compute_subset (pm, images, n, 0.3, NULL, NULL, &error));
+  g_assert_error (error, EAD_ERROR, EAD_ERROR_INVALID);
+  if (strstr (error->message, fragment) == NULL)
+    g_error ("'%s' does not say '%s'", error->message, fragment);
+}
+
+/* A subset of the images gives what an EadPixelMetrics of those images alone gives. */
+static void
+test_pixel_subset (void)
+{
+  enum { WIDTH = 61, HEIGHT = 47, N = 12 };
+  static const gboolean subsets[][N] = {
+    { 1, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, 0 },
+    { 0, 1, 1, 0, 0, 0, 1, 0, 1, 1, 0, 1 },
+    { 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1 },
+  };
+  static const gboolean none[N] = { 0 };
+  float maps[N][WIDTH * HEIGHT];
+  guint8 masks[N][WIDTH * HEIGHT];
+  int n_rects[N];
+  g_autoptr (EadPixelMetrics) all = ead_pixel_metrics_new ();
+  guint64 state = 0x2545F4914F6CDD1Dull;
+  gboolean defect_free[N] = { 0 };
+  guint n_defect_free = 0;
+
+  for (int i = 0; i < N; i++)
+    {
+      int sizes[4];
+
+      /* coarse levels, so that ties across images are many */
+      n_rects[i] = random_image (&state, WIDTH, HEIGHT, 0.3f, 16, maps[i], masks[i], sizes);
+      ead_pixel_metrics_add (all, maps[i], masks[i], WIDTH, HEIGHT);
+    }
+  for (guint s = 0; s < G_N_ELEMENTS (subsets); s++)
+    {
+      g_autoptr (EadPixelMetrics) alone = ead_pixel_metrics_new ();
+      g_autoptr (GError) error = NULL;
+      double auroc, aupro, expected_auroc, expected_aupro;
+
+      for (int i = 0; i < N; i++)
+        if (subsets[s][i])
+          ead_pixel_metrics_add (alone, maps[i], masks[i], WIDTH, HEIGHT);
+      compute_ok (alone, 0.3, &expected_auroc, &expected_aupro);
+      g_assert_true (ead_pixel_metrics_compute_subset (all, subsets[s], N, 0.3, &auroc, &aupro,
+                                                       &error));
+      g_assert_no_error (error);
+      g_test_message ("subset %u: pixel AU-ROC %.6f, AU-PRO %.6f", s, auroc, aupro);
+      g_assert_cmpfloat (auroc, ==, expected_auroc);
+      /* the same sums, in another order inside runs of equal scores */
+      g_assert_cmpfloat_with_epsilon (aupro, expected_aupro, HAND_TOL);
+    }
+  {
+    double auroc, aupro, subset_auroc, subset_aupro;
+
+    /* every image chosen is the whole set */
+    compute_ok (all, 0.3, &auroc, &aupro);
+    g_assert_true (ead_pixel_metrics_compute_subset (all, subsets[2], N, 0.3, &subset_auroc,
+                                                     &subset_aupro, NULL));
+    g_assert_cmpfloat (subset_auroc, ==, auroc);
+    g_assert_cmpfloat (subset_aupro, ==, aupro);
+  }
+  for (int i = 0; i < N; i++)
+    if (n_rects[i] == 0)
+      {
+        defect_free[i] = TRUE;
+        n_defect_free++;
+      }
+  g_assert_cmpuint (n_defect_free, >, 0);
+  assert_subset_error (all, defect_free, N, "every ground-truth mask is empty (images chosen:");
+  assert_subset_error (all, none, N, "none was chosen");
+  assert_subset_error (all, subsets[0], N - 1, "the subset names 11 images, but 12 were added");
+}
+
 /* A test set of quantised scores against per-level histograms: the AU-ROC as a
  * Mann-Whitney count with ties 1/2, and the PRO curve level by level, with no sort. */
 #define HIST_LEVELS 1024
@@ -759,6 +837,7 @@ main (int argc, char **argv)
   g_test_add_func ("/metrics/pixel/two-regions", test_pixel_two_regions);
   g_test_add_func ("/metrics/pixel/perfect-constant", test_pixel_perfect_constant);
   g_test_add_func ("/metrics/pixel/errors", test_pixel_errors);
+  g_test_add_func ("/metrics/pixel/subset", test_pixel_subset);
   g_test_add_func ("/metrics/fixtures", test_fixtures);
   g_test_add_func ("/metrics/pixel/histogram-reference", test_pixel_histogram_reference);
   g_test_add_func ("/metrics/pixel/timing", test_pixel_timing);

@@ -7,13 +7,17 @@
 
 /* Every sample is one 64-bit key: the score mapped to an unsigned integer of the same order
  * in the high 32 bits, a payload in the low 32 bits (images: the label, 0 or 1; pixels: the
- * global id of the ground-truth region, 0 outside every region).  One sort of the keys by
+ * global id of the ground-truth region, or GOOD_PIXEL | the image's index outside every
+ * region, so that a subset of the images can be picked out of the sorted keys).  One sort of the keys by
  * their high half serves every metric, and equal scores end up next to each other, which is
  * all the threshold sweep needs: the order inside a run of equal scores does not matter. */
 
 /* The AU-ROC is summed exactly as 2 N P AUC in 64 bits, which is below n^2 / 2, so at most
  * 2^32 - 1 samples keep it below 2^63.  The payload being 32 bits wide needs the same. */
 #define MAX_SAMPLES ((guint64) G_MAXUINT32)
+
+/* Payloads from here on are good pixels; region ids and image indices stay below. */
+#define GOOD_PIXEL 0x80000000u
 
 /* The F1 denominator epsilon of anomalib's F1Max and F1AdaptiveThreshold. */
 #define F1_EPSILON 1e-10
@@ -25,9 +29,10 @@ struct _EadPixelMetrics {
   guint64 *keys;
   size_t n_keys;
   size_t keys_capacity;
-  double *inv_size;     /* 1 / |region| by global region id; [0] = 0 for pixels outside */
+  double *inv_size;     /* 1 / |region| by global region id; [0] unused */
+  guint32 *region_image; /* the image of each region id */
   size_t n_regions;     /* ids 1..n_regions are used */
-  size_t inv_capacity;
+  size_t inv_capacity;  /* of inv_size and region_image */
   guint64 n_defect;     /* pixels inside a region */
   guint64 n_good;       /* pixels outside every region */
   guint n_images;
@@ -166,7 +171,7 @@ pro_area_add (ProArea *pa, double x, double y)
 typedef struct {
   guint64 n_pos;          /* anomalous samples, or defect pixels */
   guint64 n_neg;          /* normal samples, or pixels outside every region */
-  const double *inv_size; /* 1 / |region| by payload, [0] = 0; NULL: no AU-PRO */
+  const double *inv_size; /* 1 / |region| by payload of a positive; NULL: no AU-PRO */
   size_t n_regions;
   double fpr_limit;
   gboolean want_f1;
@@ -202,10 +207,11 @@ sweep (const guint64 *keys, size_t n, const SweepInput *in, SweepResult *out)
       do
         {
           guint32 payload = (guint32) keys[i - 1];
+          gboolean positive = payload != 0 && payload < GOOD_PIXEL;
 
-          fp += payload == 0;
-          tp += payload != 0;
-          if (in->inv_size != NULL)
+          fp += !positive;
+          tp += positive;
+          if (in->inv_size != NULL && positive)
             pro_sum += in->inv_size[payload];
           i--;
         }
@@ -345,6 +351,7 @@ ead_pixel_metrics_new (void)
 
   pm->inv_capacity = 64;
   pm->inv_size = g_new0 (double, pm->inv_capacity);
+  pm->region_image = g_new0 (guint32, pm->inv_capacity);
   return pm;
 }
 
@@ -355,6 +362,7 @@ ead_pixel_metrics_free (EadPixelMetrics *pm)
     return;
   g_free (pm->keys);
   g_free (pm->inv_size);
+  g_free (pm->region_image);
   g_clear_error (&pm->error);
   g_free (pm);
 }
@@ -375,6 +383,26 @@ grow (void *array, size_t *capacity, size_t needed, size_t element_size)
   if (p != NULL)
     *capacity = new_capacity;
   return p;
+}
+
+/* Grows inv_size and region_image together to hold at least `needed` region ids. */
+static gboolean
+grow_regions (EadPixelMetrics *pm, size_t needed)
+{
+  size_t capacity = pm->inv_capacity;
+  double *inv_size = grow (pm->inv_size, &capacity, needed, sizeof (double));
+  guint32 *region_image;
+
+  if (inv_size == NULL)
+    return FALSE;
+  pm->inv_size = inv_size;
+  capacity = pm->inv_capacity;
+  region_image = grow (pm->region_image, &capacity, needed, sizeof (guint32));
+  if (region_image == NULL)
+    return FALSE;
+  pm->region_image = region_image;
+  pm->inv_capacity = capacity;
+  return TRUE;
 }
 
 static guint32
@@ -477,7 +505,6 @@ ead_pixel_metrics_add (EadPixelMetrics *pm,
   g_autofree guint32 *labels = NULL;
   guint32 *parent;
   guint32 *sizes = NULL;
-  double *inv_size;
   guint image;
   size_t n_pixels;
   size_t n_set = 0;
@@ -489,6 +516,11 @@ ead_pixel_metrics_add (EadPixelMetrics *pm,
   if (pm->error != NULL)
     return;
   image = pm->n_images++;
+  if (image >= GOOD_PIXEL)
+    {
+      g_set_error (&pm->error, EAD_ERROR, EAD_ERROR_LIMIT, "more than %u images", GOOD_PIXEL);
+      return;
+    }
   if (map == NULL)
     {
       g_set_error (&pm->error, EAD_ERROR, EAD_ERROR_INVALID, "image %u: no anomaly map", image);
@@ -532,22 +564,26 @@ ead_pixel_metrics_add (EadPixelMetrics *pm,
       parent = labels + n_pixels;
       sizes = parent + n_set + 1;
       n_components = label_components (mask, width, height, labels, parent, sizes);
-      inv_size = grow (pm->inv_size, &pm->inv_capacity, pm->n_regions + n_components + 1,
-                       sizeof (double));
-      if (inv_size == NULL)
+      if (pm->n_regions + n_components >= GOOD_PIXEL)
+        {
+          g_set_error (&pm->error, EAD_ERROR, EAD_ERROR_LIMIT,
+                       "image %u: more than %u ground-truth regions in all", image,
+                       GOOD_PIXEL - 1);
+          return;
+        }
+      if (!grow_regions (pm, pm->n_regions + n_components + 1))
         {
           g_set_error (&pm->error, EAD_ERROR, EAD_ERROR_LIMIT,
                        "image %u: out of memory for %zu regions", image,
                        pm->n_regions + n_components);
           return;
         }
-      pm->inv_size = inv_size;
     }
 
   keys = pm->keys + pm->n_keys;
   for (size_t p = 0; p < n_pixels; p++)
     {
-      guint32 region = 0;
+      guint32 payload = GOOD_PIXEL | image;
 
       if (isnan (map[p]))
         {
@@ -557,12 +593,15 @@ ead_pixel_metrics_add (EadPixelMetrics *pm,
           return;
         }
       if (labels != NULL && labels[p] != 0)
-        region = (guint32) pm->n_regions + labels[p];
-      keys[p] = (guint64) score_to_key (map[p]) << 32 | region;
+        payload = (guint32) pm->n_regions + labels[p];
+      keys[p] = (guint64) score_to_key (map[p]) << 32 | payload;
     }
 
   for (guint32 k = 1; k <= n_components; k++)
-    pm->inv_size[pm->n_regions + k] = 1.0 / (double) sizes[k];
+    {
+      pm->inv_size[pm->n_regions + k] = 1.0 / (double) sizes[k];
+      pm->region_image[pm->n_regions + k] = image;
+    }
   pm->n_regions += n_components;
   pm->n_keys += n_pixels;
   pm->n_defect += n_set;
@@ -576,6 +615,33 @@ ead_pixel_metrics_compute (EadPixelMetrics *pm,
                            double *aupro,
                            GError **error)
 {
+  return ead_pixel_metrics_compute_subset (pm, NULL, 0, fpr_limit, pixel_auroc, aupro, error);
+}
+
+/* The image a key of pm belongs to. */
+static guint32
+key_image (const EadPixelMetrics *pm, guint64 key)
+{
+  guint32 payload = (guint32) key;
+
+  return payload >= GOOD_PIXEL ? payload - GOOD_PIXEL : pm->region_image[payload];
+}
+
+gboolean
+ead_pixel_metrics_compute_subset (EadPixelMetrics *pm,
+                                  const gboolean *images,
+                                  guint n_images,
+                                  double fpr_limit,
+                                  double *pixel_auroc,
+                                  double *aupro,
+                                  GError **error)
+{
+  g_autofree guint64 *subset = NULL;
+  const guint64 *keys;
+  size_t n_keys;
+  guint64 n_defect, n_good;
+  size_t n_regions;
+  guint n_chosen;
   SweepInput in;
   SweepResult out;
 
@@ -592,36 +658,82 @@ ead_pixel_metrics_compute (EadPixelMetrics *pm,
                    "the AU-PRO false positive rate limit must be in (0, 1], not %g", fpr_limit);
       return FALSE;
     }
-  if (pm->n_images == 0)
+  if (images != NULL && n_images != pm->n_images)
     {
       g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
-                   "pixel AU-ROC and AU-PRO need images, but none was added");
+                   "the subset names %u images, but %u were added", n_images, pm->n_images);
       return FALSE;
     }
-  if (pm->n_defect == 0)
+  n_chosen = pm->n_images;
+  if (images != NULL)
     {
-      g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
-                   "pixel AU-ROC and AU-PRO need defect pixels, but every ground-truth mask "
-                   "is empty (images added: %u)", pm->n_images);
-      return FALSE;
+      n_chosen = 0;
+      for (guint i = 0; i < n_images; i++)
+        n_chosen += images[i] != FALSE;
     }
-  if (pm->n_good == 0)
+  if (n_chosen == 0)
     {
       g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
-                   "pixel AU-ROC and AU-PRO need good pixels, but all %" G_GUINT64_FORMAT
-                   " pixels are defects", pm->n_defect);
+                   "pixel AU-ROC and AU-PRO need images, but none was %s",
+                   images != NULL ? "chosen" : "added");
       return FALSE;
     }
 
   sort_keys (pm->keys, pm->n_keys);
+  keys = pm->keys;
+  n_keys = pm->n_keys;
+  n_defect = pm->n_defect;
+  n_good = pm->n_good;
+  n_regions = pm->n_regions;
+  /* the chosen images' keys, still in order */
+  if (images != NULL && n_chosen < pm->n_images)
+    {
+      subset = g_try_new (guint64, pm->n_keys);
+      if (subset == NULL)
+        {
+          g_set_error (error, EAD_ERROR, EAD_ERROR_LIMIT,
+                       "out of memory for a subset of %zu pixels", pm->n_keys);
+          return FALSE;
+        }
+      n_keys = 0;
+      n_defect = n_good = 0;
+      for (size_t k = 0; k < pm->n_keys; k++)
+        if (images[key_image (pm, pm->keys[k])])
+          {
+            subset[n_keys++] = pm->keys[k];
+            if ((guint32) pm->keys[k] < GOOD_PIXEL)
+              n_defect++;
+            else
+              n_good++;
+          }
+      n_regions = 0;
+      for (size_t r = 1; r <= pm->n_regions; r++)
+        n_regions += images[pm->region_image[r]] != FALSE;
+      keys = subset;
+    }
+  if (n_defect == 0)
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
+                   "pixel AU-ROC and AU-PRO need defect pixels, but every ground-truth mask "
+                   "is empty (images %s: %u)", images != NULL ? "chosen" : "added", n_chosen);
+      return FALSE;
+    }
+  if (n_good == 0)
+    {
+      g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
+                   "pixel AU-ROC and AU-PRO need good pixels, but all %" G_GUINT64_FORMAT
+                   " pixels are defects", n_defect);
+      return FALSE;
+    }
+
   in = (SweepInput) {
-    .n_pos = pm->n_defect,
-    .n_neg = pm->n_good,
+    .n_pos = n_defect,
+    .n_neg = n_good,
     .inv_size = pm->inv_size,
-    .n_regions = pm->n_regions,
+    .n_regions = n_regions,
     .fpr_limit = fpr_limit,
   };
-  sweep (pm->keys, pm->n_keys, &in, &out);
+  sweep (keys, n_keys, &in, &out);
   if (pixel_auroc != NULL)
     *pixel_auroc = out.auroc;
   if (aupro != NULL)

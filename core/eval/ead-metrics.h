@@ -33,7 +33,7 @@ double ead_metric_f1_max (const float *scores,
                           GError **error);
 
 /* Pixel metrics over a test set whose images may differ in size, collected image by image
- * so the caller need not concatenate the maps.  Memory: 8 bytes per pixel, plus 8 per
+ * so the caller need not concatenate the maps.  Memory: 8 bytes per pixel, plus 12 per
  * ground-truth region. */
 typedef struct _EadPixelMetrics EadPixelMetrics;
 
@@ -59,6 +59,18 @@ gboolean ead_pixel_metrics_compute (EadPixelMetrics *pm,
                                     double *pixel_auroc,
                                     double *aupro,
                                     GError **error);
+
+/* The same over a subset of the images: images[i] (n_images = the number added) chooses
+ * the i-th image added.  E.g. one defect kind against the good images, from one
+ * EadPixelMetrics holding the whole test set.  Sorts the keys once for all calls; holds a
+ * copy of the chosen keys while it runs. */
+gboolean ead_pixel_metrics_compute_subset (EadPixelMetrics *pm,
+                                           const gboolean *images,
+                                           guint n_images,
+                                           double fpr_limit,
+                                           double *pixel_auroc,
+                                           double *aupro,
+                                           GError **error);
 
 void ead_pixel_metrics_free (EadPixelMetrics *pm);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (EadPixelMetrics, ead_pixel_metrics_free)
