@@ -305,8 +305,8 @@ static const EadPickleValue *
 find_state_dict (const EadPickleValue *root, const char *path, char **container_key,
                  GError **error)
 {
-  const EadPickleValue *found = NULL;
   g_autofree char *keys = NULL;
+  guint found = 0;
   guint n_found = 0;
 
   if (root->kind != EAD_PICKLE_DICT)
@@ -320,12 +320,14 @@ find_state_dict (const EadPickleValue *root, const char *path, char **container_
   for (guint i = 0; i < root->dict.values->len; i++)
     if (is_state_dict (root->dict.values->pdata[i]))
       {
-        found = root->dict.values->pdata[i];
-        *container_key = g_strdup (key_text (root, i));
+        found = i;
         n_found++;
       }
   if (n_found == 1)
-    return found;
+    {
+      *container_key = g_strdup (key_text (root, found));
+      return root->dict.values->pdata[found];
+    }
   keys = list_keys (root);
   if (n_found > 1)
     g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
@@ -337,7 +339,6 @@ find_state_dict (const EadPickleValue *root, const char *path, char **container_
     g_set_error (error, EAD_ERROR, EAD_ERROR_FORMAT,
                  "%s: holds a dict (keys %s) that is not a state_dict (str → tensor) and "
                  "contains none", path, keys);
-  g_clear_pointer (container_key, g_free);
   return NULL;
 }
 
