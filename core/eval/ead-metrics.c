@@ -8,9 +8,10 @@
 /* Every sample is one 64-bit key: the score mapped to an unsigned integer of the same order
  * in the high 32 bits, a payload in the low 32 bits (images: the label, 0 or 1; pixels: the
  * global id of the ground-truth region, or GOOD_PIXEL | the image's index outside every
- * region, so that a subset of the images can be picked out of the sorted keys).  One sort of the keys by
- * their high half serves every metric, and equal scores end up next to each other, which is
- * all the threshold sweep needs: the order inside a run of equal scores does not matter. */
+ * region, so that a subset of the images can be picked out of the sorted keys).  One sort of
+ * the keys by their high half serves every metric, and equal scores end up next to each
+ * other, which is all the threshold sweep needs: the order inside a run of equal scores does
+ * not matter. */
 
 /* The AU-ROC is summed exactly as 2 N P AUC in 64 bits, which is below n^2 / 2, so at most
  * 2^32 - 1 samples keep it below 2^63.  The payload being 32 bits wide needs the same. */
@@ -29,6 +30,7 @@ struct _EadPixelMetrics {
   guint64 *keys;
   size_t n_keys;
   size_t keys_capacity;
+  gboolean sorted;      /* keys sorted since the last image was added */
   double *inv_size;     /* 1 / |region| by global region id; [0] unused */
   guint32 *region_image; /* the image of each region id */
   size_t n_regions;     /* ids 1..n_regions are used */
@@ -604,6 +606,7 @@ ead_pixel_metrics_add (EadPixelMetrics *pm,
     }
   pm->n_regions += n_components;
   pm->n_keys += n_pixels;
+  pm->sorted = FALSE;
   pm->n_defect += n_set;
   pm->n_good += n_pixels - n_set;
 }
@@ -679,7 +682,9 @@ ead_pixel_metrics_compute_subset (EadPixelMetrics *pm,
       return FALSE;
     }
 
-  sort_keys (pm->keys, pm->n_keys);
+  if (!pm->sorted)
+    sort_keys (pm->keys, pm->n_keys);
+  pm->sorted = TRUE;
   keys = pm->keys;
   n_keys = pm->n_keys;
   n_defect = pm->n_defect;
@@ -688,11 +693,14 @@ ead_pixel_metrics_compute_subset (EadPixelMetrics *pm,
   /* the chosen images' keys, still in order */
   if (images != NULL && n_chosen < pm->n_images)
     {
-      subset = g_try_new (guint64, pm->n_keys);
+      n_keys = 0;
+      for (size_t k = 0; k < pm->n_keys; k++)
+        n_keys += images[key_image (pm, pm->keys[k])] != FALSE;
+      subset = g_try_new (guint64, MAX (n_keys, 1));
       if (subset == NULL)
         {
           g_set_error (error, EAD_ERROR, EAD_ERROR_LIMIT,
-                       "out of memory for a subset of %zu pixels", pm->n_keys);
+                       "out of memory for a subset of %zu pixels", n_keys);
           return FALSE;
         }
       n_keys = 0;
