@@ -82,6 +82,21 @@ list_test_split (const char *root, const char *const *only, GError **error)
   defects = sorted_entries (test_dir, error);
   if (defects == NULL)
     return NULL;
+  for (guint k = 0; only != NULL && only[k] != NULL; k++)
+    if (g_str_equal (only[k], "good")
+        || !g_ptr_array_find_with_equal_func (defects, only[k], g_str_equal, NULL))
+      {
+        g_autoptr (GString) kinds = g_string_new (NULL);
+
+        for (guint d = 0; d < defects->len; d++)
+          if (!g_str_equal (defects->pdata[d], "good"))
+            g_string_append_printf (kinds, "%s%s", kinds->len > 0 ? ", " : "",
+                                    (char *) defects->pdata[d]);
+        g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
+                     "%s: no defect kind '%s' (the kinds here: %s)", test_dir, only[k],
+                     kinds->str);
+        return NULL;
+      }
   for (guint d = 0; d < defects->len; d++)
     {
       const char *defect = defects->pdata[d];
@@ -115,21 +130,6 @@ list_test_split (const char *root, const char *const *only, GError **error)
           g_array_append_val (images, image);
         }
     }
-  for (guint k = 0; only != NULL && only[k] != NULL; k++)
-    if (g_str_equal (only[k], "good")
-        || !g_ptr_array_find_with_equal_func (defects, only[k], g_str_equal, NULL))
-      {
-        g_autoptr (GString) kinds = g_string_new (NULL);
-
-        for (guint d = 0; d < defects->len; d++)
-          if (!g_str_equal (defects->pdata[d], "good"))
-            g_string_append_printf (kinds, "%s%s", kinds->len > 0 ? ", " : "",
-                                    (char *) defects->pdata[d]);
-        g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID,
-                     "%s: no defect kind '%s' (the kinds here: %s)", test_dir, only[k],
-                     kinds->str);
-        return NULL;
-      }
   if (images->len == 0)
     {
       g_set_error (error, EAD_ERROR, EAD_ERROR_INVALID, "%s: no test images", test_dir);
